@@ -1,0 +1,201 @@
+"""Building blocks of a CCT: tokenizer, attention, transformer and convolutional blocks.
+
+Every block's forward takes an optional `taps` dict. When it is None (training) nothing
+extra is computed or kept; when it is a dict the block writes its internals into it for
+analysis (SPEC section 2), from the very same code path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample.
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Tokenizer(nn.Module):
+    """Conv -> ReLU -> MaxPool, `layers` times; the last layer outputs `embed_dim` channels."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        embed_dim: int,
+        layers: int,
+        kernel: int,
+        mid_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        # As in the CCT reference: stride 1 and padding 1 for 3x3, stride 2 / padding 3 for 7x7.
+        stride = max(1, kernel // 2 - 1)
+        padding = max(1, kernel // 2)
+        widths = [in_channels] + [mid_channels] * (layers - 1) + [embed_dim]
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(
+                    widths[i], widths[i + 1], kernel, stride, padding, bias=False
+                ),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+            for i in range(layers)
+        )
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def grid_size(self, img_size: int) -> int:
+        size = img_size
+        for _ in self.stages:
+            size = (size + 2 * self.padding - self.kernel) // self.stride + 1  # conv
+            size = (size + 2 - 3) // 2 + 1  # max pool 3, stride 2, pad 1
+        return size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x  # (B, d, h, w)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention whose width H*dh is independent of the stream width d."""
+
+    def __init__(
+        self, *, dim: int, num_heads: int, head_dim: int, attn_dropout: float
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.proj = nn.Linear(inner, dim)
+        self.attn_dropout = attn_dropout
+        self.fused = (
+            True  # False: the explicit-matmul reference path (tests, benchmarks)
+        )
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        H, dh = self.num_heads, self.head_dim
+        qkv = (
+            self.qkv(x).view(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)
+        )  # (3, B, H, N, dh)
+        q, k, v = qkv.unbind(0)
+        p = self.attn_dropout if self.training else 0.0
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            out = reference_attention(q, k, v, dropout_p=p)
+        out = out.transpose(1, 2)  # (B, H, N, dh) -> (B, N, H, dh)
+        if taps is not None:
+            taps["heads"] = out
+        return self.proj(out.reshape(B, N, H * dh))
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh)) v, written out; the fused path must match it."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return weights @ v
+
+
+class Mlp(nn.Module):
+    def __init__(self, *, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class TransformerBlock(nn.Module):
+    """The CCT reference block. Note the order: the second LayerNorm (norm1) normalises the
+    residual stream itself, not just the MLP input — kept exactly as the reference does it."""
+
+    kind = "transformer"
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        mlp_hidden: int,
+        attn_dropout: float,
+        dropout: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.pre_norm = nn.LayerNorm(dim)
+        self.attn = Attention(
+            dim=dim, num_heads=num_heads, head_dim=head_dim, attn_dropout=attn_dropout
+        )
+        self.norm1 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim=dim, hidden=mlp_hidden, dropout=dropout)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        x = x + drop_path(
+            self.attn(self.pre_norm(x), taps), self.drop_path, self.training
+        )
+        x = self.norm1(x)
+        ff = self.mlp(x)
+        if taps is not None:
+            taps["ff"] = ff
+        x = x + drop_path(ff, self.drop_path, self.training)
+        if taps is not None:
+            taps["out"] = x
+        return x
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv d->d, norm, activation, residual — on the token grid (B, d, h, w).
+
+    [reconstructed] The papers do not say what replaces the first transformer blocks; the
+    norm and activation are config choices (BatchNorm becomes SyncBatchNorm under DDP).
+    """
+
+    kind = "conv"
+
+    def __init__(self, *, dim: int, norm: str, act: str, drop_path: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=norm == "none")
+        if norm == "batch":
+            self.norm: nn.Module = nn.BatchNorm2d(dim)
+        elif norm == "group":
+            self.norm = nn.GroupNorm(
+                1, dim
+            )  # batch-independent: one group over (d, h, w)
+        else:
+            self.norm = nn.Identity()
+        self.act = nn.ReLU(inplace=True) if act == "relu" else nn.GELU()
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        y = self.act(self.norm(self.conv(x)))
+        if taps is not None:
+            taps["features"] = y
+        x = x + drop_path(y, self.drop_path, self.training)
+        if taps is not None:
+            taps["out"] = x
+        return x
+
+
+def sine_embedding(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sinusoidal positions (Vaswani et al. 2017), shape (1, N, d)."""
+    pos = torch.arange(num_tokens, dtype=torch.float32)[:, None]
+    i = torch.arange(dim, dtype=torch.float32)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * (i // 2) / dim)
+    pe = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return pe[None]
