@@ -171,7 +171,8 @@ def fit(
         torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     )
     gen = torch.Generator(device=device)
-    stale = 0
+    stale, last_val = 0, 0.0
+    result: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     if (
         cfg.final_weights == "best"
@@ -236,21 +237,22 @@ def fit(
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
             val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)
-            metrics["val_accuracy"] = val_acc
             if val_acc > state.best_val:
                 state.best_val, state.best_epoch, stale = val_acc, epoch, 0
                 if cfg.final_weights == "best":
-                    best_state = {
-                        k: v.detach().clone() for k, v in model.state_dict().items()
-                    }
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += cfg.eval_every
+            last_val = val_acc
+        # Every report carries every metric (schedulers and searchers need them each time).
+        metrics["val_accuracy"] = last_val
         metrics["best_val_accuracy"] = state.best_val
-        stop_early = (
-            cfg.max_epochs_without_gain is not None
-            and stale >= cfg.max_epochs_without_gain
-        )
+        stop_early = cfg.max_epochs_without_gain is not None and stale >= cfg.max_epochs_without_gain
         metrics["done"] = epoch == cfg.optim.epochs or stop_early
+        if metrics["done"]:
+            # Final evaluation before the last report, so that report carries test accuracy.
+            result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
+            metrics.update(val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"])
 
         checkpoint_dir = None
         if rank.is_main:
@@ -274,9 +276,9 @@ def fit(
         if stop_early:
             break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return _finish(cfg, model, data, rank, bf16, state, objectives, callbacks)
+    if result is None:  # resumed from the checkpoint of the last epoch
+        result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
+    return result
 
 
 def _restore(
@@ -345,9 +347,9 @@ def evaluate(
     return (counts[0] / counts[1]).item()
 
 
-def _finish(
-    cfg, model, data, rank, bf16, state, objectives, callbacks
-) -> dict[str, Any]:
+def _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state) -> dict[str, Any]:
+    if best_state is not None:
+        model.load_state_dict(best_state)
     val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)
     test_acc = evaluate(model, data.test_x, data.test_y, data, rank, bf16)
     result = {

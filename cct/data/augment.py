@@ -56,7 +56,9 @@ def resolve_augment(cfg: AugmentConfig, defaults: AugmentSpec) -> AugmentSpec:
 _STATS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
-def _stats(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[Tensor, Tensor]:
+def _stats(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[Tensor, Tensor]:
     # Cached per device: building a tiny tensor from a list on every step is a host->device copy.
     key = (tuple(float(m) for m in mean), tuple(float(s) for s in std), str(device))
     if key not in _STATS:
@@ -151,7 +153,9 @@ def random_erase(
 # mixup (Zhang et al. 2018) / cutmix (Yun et al. 2019), per batch as in timm's Mixup
 
 
-def sample_gamma(alpha: float, shape: tuple[int, ...], generator: torch.Generator, tries: int = 16) -> Tensor:
+def sample_gamma(
+    alpha: float, shape: tuple[int, ...], generator: torch.Generator, tries: int = 16
+) -> Tensor:
     """Gamma(alpha, 1) drawn from `generator` (torch's own gamma sampler takes no generator).
 
     Marsaglia & Tsang (2000): each proposal is accepted with probability > 0.95, so drawing

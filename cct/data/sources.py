@@ -122,7 +122,7 @@ def read_synthetic(cfg: DataConfig) -> Raw:
     def draw(n: int, stream: int) -> Part:
         rng = np.random.default_rng([cfg.split_seed, stream])
         y = rng.integers(0, k, n)
-        x = 128 + 40 * templates[y] + 48 * rng.normal(size=(n, 3, s, s))
+        x = 128 + 32 * templates[y] + 48 * rng.normal(size=(n, 3, s, s))
         return Part(np.rint(x.clip(0, 255)).astype(np.uint8), y.astype(np.int64), np.arange(n))
 
     return Raw(draw(cfg.synthetic_train, 1), draw(cfg.synthetic_test, 2), None, k, None, None)
@@ -352,7 +352,10 @@ def read_flowers(cfg: DataConfig) -> Raw:
         labels_mat = loadmat(check_md5(name, root, "flowers-102/imagelabels.mat"))
         setid = loadmat(check_md5(name, root, "flowers-102/setid.mat"))
         labels = np.asarray(labels_mat["labels"], dtype=np.int64).ravel() - 1  # 1..102 -> 0..
-        splits = {k: np.sort(np.asarray(setid[k], dtype=np.int64).ravel() - 1) for k in ("trnid", "valid", "tstid")}
+        splits = {
+            k: np.sort(np.asarray(setid[k], dtype=np.int64).ravel() - 1)
+            for k in ("trnid", "valid", "tstid")
+        }
     except DatasetError:
         raise
     except Exception as e:

@@ -1,0 +1,1 @@
+"""Everything that touches Ray: the sweep command, Tune objects, trials, MLflow runs."""

@@ -1,0 +1,48 @@
+"""Driver-side Tune callback: closes each trial's MLflow run with the status Ray gave it."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from orchestrator.tracking import set_status
+
+
+class MlflowStatusCallback(Callback):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = (
+            tracking_uri,
+            experiment_id,
+            parent_run_id,
+        )
+
+    def _run_id(self, trial_id: str) -> str | None:
+        runs = MlflowClient(self.tracking_uri).search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.trial_id = '{trial_id}'"
+                f" and tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+            ),
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self._run_id(trial.trial_id)
+        if run_id is None:
+            return
+        client = MlflowClient(self.tracking_uri)
+        last = trial.last_result or {}
+        if "test_accuracy" in last:  # only the trainer's final report carries it
+            set_status(client, run_id, "FINISHED")
+        else:  # stopped by the scheduler (e.g. ASHA) before its budget
+            client.set_tag(run_id, "stopped_early", "true")
+            set_status(client, run_id, "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self._run_id(trial.trial_id)
+        if run_id is not None:
+            client = MlflowClient(self.tracking_uri)
+            if trial.error_file:
+                client.set_tag(run_id, "error_file", str(trial.error_file))
+            set_status(client, run_id, "FAILED")

@@ -1,0 +1,188 @@
+"""The sweep driver: start (or join) Ray, set up MLflow before any trial, build or restore
+the Tuner, run it, close the runs and print the summary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from cct.checkpoint import git_commit
+from orchestrator.callbacks import MlflowStatusCallback
+from orchestrator.search_space import make_scheduler, make_searcher, param_space
+from orchestrator.summary import print_summary, summarize
+from orchestrator.tracking import (
+    create_parent_run,
+    ensure_experiment,
+    is_local_store,
+    latest_parent_run,
+    library_versions,
+    set_status,
+)
+from orchestrator.trial import SweepContext, run_trial
+from search_spaces import SweepSpec, check_resources
+
+TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers hold the CPUs
+
+
+class SweepRefused(Exception):
+    """The sweep cannot start as asked; the message says why and what to do."""
+
+
+def start_ray(address: str | None) -> None:
+    # A fresh local instance unless an address is given: a stale cluster file on the
+    # machine must never make us join a dead or unrelated cluster.
+    ray.init(
+        address=address or "local",
+        include_dashboard=False if address is None else None,
+        logging_level="WARNING",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+
+
+def cluster_checks(spec: SweepSpec, tracking_uri: str) -> None:
+    res = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    errors = check_resources(
+        spec, cpus=res.get("CPU", 0), gpus=res.get("GPU", 0), where="the Ray cluster"
+    )
+    if len(nodes) > 1:
+        if is_local_store(tracking_uri):
+            errors.append(
+                f"tracking.tracking_uri={tracking_uri}: a local store cannot be shared by "
+                f"{len(nodes)} nodes; use an MLflow server (http://<head private ip>:5000)"
+            )
+        if "://" not in spec.storage_path and not os.environ.get("CCT_SHARED_STORAGE"):
+            errors.append(
+                f"storage_path={spec.storage_path}: on a {len(nodes)}-node cluster results "
+                "must go to shared storage: an object-store URI (s3://, gs://) or a path "
+                "mounted on every node (then set CCT_SHARED_STORAGE=1 to confirm)"
+            )
+    if errors:
+        raise SweepRefused("; ".join(errors))
+
+
+def max_concurrent(spec: SweepSpec) -> int:
+    """resources.max_concurrent_trials, or as many trials as the cluster's CPUs/GPUs fit."""
+    r = spec.resources
+    if r.max_concurrent_trials:
+        return r.max_concurrent_trials
+    res = ray.cluster_resources()
+    fits = (res.get("CPU", 1) - TRIAL_CPU) // (r.cpus_per_worker * r.workers_per_trial + TRIAL_CPU)
+    if r.gpus_per_worker > 0:
+        fits = min(fits, res.get("GPU", 0) // (r.gpus_per_worker * r.workers_per_trial))
+    return max(1, int(fits))
+
+
+def open_parent_run(
+    client: MlflowClient, experiment_id: str, spec: SweepSpec, *, resume: bool, fresh: bool
+) -> tuple[str, str, bool]:
+    """(parent run id, Ray experiment name, resumed?) — resuming the latest sweep run of
+    this name unless --fresh; refusing when the sweep file changed."""
+    parent = None if fresh else latest_parent_run(client, experiment_id, spec.name)
+    if parent is not None:
+        old_hash = parent.data.tags.get("spec_hash", "")
+        if old_hash != spec.hash:
+            raise SweepRefused(
+                f"sweep {spec.name!r} was started from a different sweep file (spec hash "
+                f"{old_hash[:12]} != {spec.hash[:12]}); pass --fresh to start a new sweep run "
+                "under the same name, or restore the file to resume"
+            )
+        return parent.info.run_id, parent.data.tags["ray_experiment"], True
+    if resume:
+        raise SweepRefused(f"--resume: no earlier run of sweep {spec.name!r} to continue")
+    versions = library_versions()
+    run_id = create_parent_run(
+        client,
+        experiment_id,
+        sweep=spec.name,
+        tags={
+            "spec_hash": spec.hash,
+            "git_commit": git_commit() or "unknown",
+            **{f"version.{k}": v for k, v in versions.items()},
+        },
+        params=spec.to_dict(),
+    )
+    ray_experiment = f"{spec.name}-{run_id[:8]}"
+    client.set_tag(run_id, "ray_experiment", ray_experiment)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "sweep.json").write_text(json.dumps(spec.to_dict(), indent=2, default=str))
+        if spec.source and Path(spec.source).is_file():
+            (Path(d) / Path(spec.source).name).write_text(Path(spec.source).read_text())
+        client.log_artifacts(run_id, d, "sweep")
+    return run_id, ray_experiment, False
+
+
+def run_sweep(
+    spec: SweepSpec, *, tracking_uri: str, address: str | None, resume: bool, fresh: bool
+) -> int:
+    # MLflow first, in this one process: several processes creating a new sqlite store
+    # at once crash, and every trial must find the experiment and parent run ready.
+    client = MlflowClient(tracking_uri)
+    artifact_root = Path.cwd() / "mlartifacts" if is_local_store(tracking_uri) else None
+    experiment_id = ensure_experiment(client, spec.experiment, artifact_root)
+    parent_run_id, ray_experiment, resumed = open_parent_run(
+        client, experiment_id, spec, resume=resume, fresh=fresh
+    )
+    print(
+        f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
+        f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
+        flush=True,
+    )
+    start_ray(address)
+    try:
+        cluster_checks(spec, tracking_uri)
+        ctx = SweepContext(
+            spec=spec,
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            train_storage=f"{spec.storage_path.rstrip('/')}/{ray_experiment}-train",
+            latency_shared=max_concurrent(spec) > 1 or spec.resources.gpus_per_worker < 1,
+        )
+        trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
+        experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"
+        status_callback = MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id)
+        if tune.Tuner.can_restore(experiment_path):
+            tuner = tune.Tuner.restore(
+                experiment_path,
+                trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                param_space=param_space(spec),
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec),
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(spec),
+                    scheduler=make_scheduler(spec),
+                    num_samples=spec.tune.num_samples,
+                    max_concurrent_trials=max_concurrent(spec),
+                    time_budget_s=spec.tune.time_budget_s,
+                    trial_name_creator=lambda t: f"trial-{t.trial_id}",
+                    trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name=ray_experiment,
+                    storage_path=spec.storage_path,
+                    callbacks=[status_callback],
+                    failure_config=tune.FailureConfig(max_failures=2),
+                ),
+            )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    summary = summarize(spec, results, client, experiment_id, parent_run_id)
+    errored = summary["errored"]
+    set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
+    print_summary(spec, summary, tracking_uri=tracking_uri)
+    return 1 if errored and not summary["finished"] else 0

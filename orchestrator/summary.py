@@ -1,0 +1,106 @@
+"""The end of a sweep: the best trials (the Pareto front for several objectives), logged to
+the parent run and printed with the next commands to run."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from search_spaces import SweepSpec
+
+SHOWN = ("val_accuracy", "test_accuracy", "latency_ms", "macs", "params")
+
+
+def pareto_front(rows: list[dict[str, Any]], objectives: tuple[tuple[str, str], ...]) -> list[dict]:
+    """Rows no other row dominates (at least as good on every objective, better on one)."""
+
+    def key(row: dict[str, Any]) -> list[float]:
+        return [row[m] if mode == "max" else -row[m] for m, mode in objectives]
+
+    scored = [(r, key(r)) for r in rows if all(r.get(m) is not None for m, _ in objectives)]
+    front = []
+    for r, k in scored:
+        dominated = any(
+            all(o >= s for o, s in zip(other, k)) and any(o > s for o, s in zip(other, k))
+            for _, other in scored
+        )
+        if not dominated:
+            front.append(r)
+    return front
+
+
+def summarize(
+    spec: SweepSpec, results, client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> dict[str, Any]:
+    rows = []
+    errored = 0
+    for result in results:
+        m = result.metrics or {}
+        if result.error is not None:
+            errored += 1
+        rows.append(
+            {
+                "trial_id": m.get("trial_id"),
+                "params": {k: v for k, v in (result.config or {}).items()},
+                "status": "error"
+                if result.error is not None
+                else ("done" if m.get("done") else "stopped"),
+                "epochs": m.get("epoch"),
+                **{k: m.get(k) for k in SHOWN},
+            }
+        )
+    finished = [r for r in rows if r["status"] == "done"]
+    first, mode = spec.objectives[0]
+    ranked = sorted(
+        (r for r in rows if r.get(first) is not None),
+        key=lambda r: r[first],
+        reverse=mode == "max",
+    )
+    summary = {
+        "sweep": spec.name,
+        "objectives": [list(o) for o in spec.objectives],
+        "trials": rows,
+        "best": ranked[:5],
+        "pareto_front": pareto_front(finished, spec.objectives) if len(spec.objectives) > 1 else [],
+        "finished": len(finished),
+        "errored": errored,
+    }
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        client.log_artifacts(parent_run_id, d, "sweep")
+    for name in ("val_accuracy", "test_accuracy"):
+        values = [r[name] for r in finished if r.get(name) is not None]
+        if values:
+            client.log_metric(parent_run_id, f"best_{name}", max(values))
+    client.log_metric(parent_run_id, "trials_finished", len(finished))
+    return summary
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str) -> None:
+    rows = summary["pareto_front"] or summary["best"]
+    title = "Pareto front" if summary["pareto_front"] else "Best trials"
+    print(
+        f"\n{title} of sweep {spec.name!r} ({summary['finished']} finished, {summary['errored']} errored):"
+    )
+    for r in rows:
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["params"].items()))
+        metrics = "  ".join(f"{k} {_fmt(r[k])}" for k in SHOWN if r.get(k) is not None)
+        print(f"  {r['trial_id']}  {metrics}  [{params}]")
+    print(f"\nMLflow store: {tracking_uri}  (experiment {spec.experiment!r})")
+    if tracking_uri.startswith("sqlite:///"):
+        print(
+            f"  browse:     mlflow ui --backend-store-uri {tracking_uri}   (http://127.0.0.1:5000)"
+        )
+    print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")

@@ -1,0 +1,79 @@
+"""`python -m orchestrator.sweep`: run a sweep file as a Ray Tune sweep of Ray Train trials,
+tracked in MLflow, resumable. With no --config it runs the offline quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG = """examples:
+  python -m orchestrator.sweep                          # the offline quickstart on digits
+  python -m orchestrator.sweep --dry-run                # validate and print the trial plan
+  python -m orchestrator.sweep --config search_spaces/cifar100_lsmha.yaml --address auto
+  python -m orchestrator.sweep --set optim.epochs=30 --fresh
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="sweep YAML file (default: the packaged quickstart.yaml)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key"
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume", action="store_true", help="continue the interrupted sweep (error if none)"
+    )
+    mode.add_argument("--fresh", action="store_true", help="start a new sweep run")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the plan, start nothing")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    return p.parse_args(argv)
+
+
+def fail(*lines: str) -> int:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from search_spaces import SpecError, check_resources, format_plan, load_spec
+
+    try:
+        spec = load_spec(args.config, args.set)
+    except SpecError as e:
+        return fail(*e.errors)
+
+    from orchestrator.tracking import default_tracking_uri
+
+    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        import torch
+
+        errors = check_resources(spec, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
+        if errors:
+            return fail(*errors)
+    if args.dry_run:
+        print(format_plan(spec, tracking_uri=tracking_uri))
+        return 0
+
+    from orchestrator.driver import SweepRefused, run_sweep
+
+    try:
+        return run_sweep(
+            spec, tracking_uri=tracking_uri, address=address, resume=args.resume, fresh=args.fresh
+        )
+    except SweepRefused as e:
+        return fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

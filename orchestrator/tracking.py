@@ -1,0 +1,252 @@
+"""MLflow bookkeeping for a sweep: one experiment, one parent run per sweep, one child run
+per trial found again by its trial id (never duplicated), and the trackers workers use.
+
+Everything goes through an explicit `MlflowClient(tracking_uri)`: Tune changes each
+trial's working directory and runs trials in other processes, so no global MLflow state
+is relied on.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from cct.config import flatten
+
+PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
+MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """The sqlite store in the folder the command was started from, as an absolute URI."""
+    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, creating it (with an absolute artifact location) if needed."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = str((artifact_root / name).resolve()) if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def latest_parent_run(client: MlflowClient, experiment_id: str, sweep: str):
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.role = '{PARENT_ROLE}' and tags.sweep = '{sweep}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def create_parent_run(
+    client: MlflowClient, experiment_id: str, *, sweep: str, tags: dict[str, str], params: dict
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{sweep}",
+        tags={"role": PARENT_ROLE, "sweep": sweep, **tags},
+    )
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def child_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    parent_run_id: str,
+    trial_id: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> str:
+    """The run of `trial_id` under `parent_run_id`: found again on resume, else created."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        ),
+        max_results=1,
+    )
+    if runs:
+        run_id = runs[0].info.run_id
+        if runs[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"trial-{trial_id}",
+        tags={
+            "role": TRIAL_ROLE,
+            "trial_id": trial_id,
+            "mlflow.parentRunId": parent_run_id,
+            **tags,
+        },
+    )
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    flat = flatten(params)
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), MAX_BATCH):
+        client.log_batch(run_id, params=items[i : i + MAX_BATCH])
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.role = '{TRIAL_ROLE}'",
+        max_results=10_000,
+    )
+
+
+def set_status(client: MlflowClient, run_id: str, status: str) -> None:
+    """Close a run with FINISHED, FAILED or KILLED (no-op if it already has that status)."""
+    if client.get_run(run_id).info.status != status:
+        client.set_terminated(run_id, status=status)
+
+
+class NullTracker:
+    """What ranks other than 0 get: every call does nothing."""
+
+    def log_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        pass
+
+    def log_folder(self, folder: Path, artifact_path: str) -> None:
+        pass
+
+    def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
+        pass
+
+
+class RunTracker(NullTracker):
+    """Rank 0's writer to the trial's child run. Idempotent on resume: an epoch whose
+    metrics are already in the run is not logged twice."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+        history = self.client.get_metric_history(run_id, "train_loss")
+        self.logged_epochs = {m.step for m in history}
+
+    def log_start(self, info: dict[str, Any]) -> None:
+        tags = {
+            "device": str(info["device"]),
+            "precision": str(info["precision"]),
+            "split_hash": str(info["split_hash"]),
+            "latency_shared": str(info["latency_shared"]).lower(),
+            "world_size": str(info["world_size"]),
+        }
+        self.client.log_batch(
+            self.run_id,
+            tags=[RunTag(k, v) for k, v in tags.items()],
+            metrics=_metrics(
+                {
+                    k: info[k]
+                    for k in ("params", "macs", "macs_with_attn", "latency_ms", "throughput")
+                },
+                step=0,
+            ),
+        )
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch in self.logged_epochs:
+            return
+        keep = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
+        self.client.log_batch(
+            self.run_id, metrics=_metrics({k: metrics[k] for k in keep if k in metrics}, epoch)
+        )
+        self.logged_epochs.add(epoch)
+
+    def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        final = {
+            k: v
+            for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        final = {f"final_{k}" if k == "epochs" else k: v for k, v in final.items()}
+        self.client.log_batch(self.run_id, metrics=_metrics(final, step=int(result["epochs"])))
+        if artifacts is not None:
+            self.client.log_artifact(self.run_id, str(artifacts / "logits.npz"), "logits")
+            self.client.log_artifacts(self.run_id, str(artifacts / "checkpoint"), "checkpoint")
+
+    def log_folder(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
+        ms = [
+            Metric(name, float(v), _now_ms(), int(step))
+            for step, v in values.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        if ms:
+            self.client.log_batch(self.run_id, metrics=ms)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _metrics(values: dict[str, Any], step: int) -> list[Metric]:
+    now = _now_ms()
+    return [
+        Metric(k, float(v), now, step)
+        for k, v in values.items()
+        if v is not None and math.isfinite(float(v))
+    ]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "ray", "optuna", "mlflow", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def mark_status(tracking_uri: str, run_id: str, status: str) -> None:
+    set_status(MlflowClient(tracking_uri), run_id, status)
+
+
+__all__ = [
+    "RunStatus",
+    "NullTracker",
+    "RunTracker",
+    "child_run",
+    "create_parent_run",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "latest_parent_run",
+    "library_versions",
+    "mark_status",
+    "set_status",
+    "trial_runs",
+]

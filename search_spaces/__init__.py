@@ -1,0 +1,37 @@
+"""Sweep files (YAML, shipped with the package) and the code that turns one into a
+validated, frozen `SweepSpec`. No Ray here: see orchestrator/ for that."""
+
+from search_spaces.plan import count_trials, format_plan
+from search_spaces.spec import (
+    AnalysisSpec,
+    AshaSpec,
+    Domain,
+    ResourcesSpec,
+    SpecError,
+    SweepSpec,
+    TrackingSpec,
+    TuneSpec,
+    check_resources,
+    config_for_trial,
+    load_spec,
+    packaged_spec,
+    spec_hash,
+)
+
+__all__ = [
+    "AnalysisSpec",
+    "AshaSpec",
+    "Domain",
+    "ResourcesSpec",
+    "SpecError",
+    "SweepSpec",
+    "TrackingSpec",
+    "TuneSpec",
+    "check_resources",
+    "config_for_trial",
+    "count_trials",
+    "format_plan",
+    "load_spec",
+    "packaged_spec",
+    "spec_hash",
+]

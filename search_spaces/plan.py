@@ -1,0 +1,110 @@
+"""The `--dry-run` trial plan: what a sweep would run, as text, without starting Ray."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from cct.config import TrainConfig, flatten
+from search_spaces.spec import AshaSpec, Domain, SweepSpec
+
+MAX_LISTED = 50  # trials spelled out one per line; more are summarised
+ALWAYS_SHOWN = ("model.variant", "data.dataset", "optim.epochs", "optim.batch_size", "optim.lr")
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """Trials the sweep starts (unless time_budget_s stops it first).
+
+    Tune's generator runs num_samples x (product of grid sizes) x seeds; Optuna proposes
+    num_samples trials (grids and seeds are refused with Optuna)."""
+    grids = [len(d.values) for _, d in spec.search if d.kind == "grid"]
+    seeds = len(spec.tune.seeds) if spec.tune.seeds else 1
+    return spec.tune.num_samples * math.prod(grids) * seeds
+
+
+def _domain_text(d: Domain) -> str:
+    if d.values is not None:
+        return f"{d.kind} {list(d.values)}"
+    inclusive = " (both inclusive)" if d.kind == "randint" else ""
+    return f"{d.kind} [{d.low!r}, {d.high!r}]{inclusive}"
+
+
+def _trial_table(spec: SweepSpec) -> list[dict[str, str]] | None:
+    """Each trial's searched values as text (a sampled key shows as "~"); None when Optuna
+    picks them. The order may differ from the order Tune starts them in."""
+    if spec.tune.searcher.startswith("optuna"):
+        return None
+    keys, lists = [], []
+    for key, d in spec.search:
+        keys.append(key)
+        lists.append([repr(v) for v in d.values] if d.kind == "grid" else ["~"])
+    if spec.tune.seeds:
+        keys.append("seed")
+        lists.append([repr(s) for s in spec.tune.seeds])
+    combos = [dict(zip(keys, c, strict=True)) for c in itertools.product(*lists)]
+    return combos * spec.tune.num_samples
+
+
+def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
+    """Human-readable plan; `tracking_uri` is the resolved store (None: the default)."""
+    t, r = spec.tune, spec.resources
+    n = count_trials(spec)
+    scheduler = (
+        f"ASHA (grace_period {t.scheduler.grace_period}, max_t {t.scheduler.max_t} epochs)"
+        if isinstance(t.scheduler, AshaSpec)
+        else "FIFO (every trial runs all its epochs)"
+    )
+    gpu = f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+    concurrent = (
+        f"at most {r.max_concurrent_trials} trial(s) at once"
+        if r.max_concurrent_trials
+        else "as many trials at once as fit"
+    )
+    objectives = ", ".join(f"{name} ({mode})" for name, mode in t.objectives)
+    lines = [
+        f"Sweep {spec.name!r} from {spec.source}",
+        f"  spec hash      {spec.hash[:16]}",
+        f"  MLflow         experiment {spec.experiment!r} in"
+        f" {tracking_uri or 'sqlite:///<this folder>/mlflow.db'}",
+        f"  Ray results    {spec.storage_path} (keep {spec.keep_checkpoints}"
+        " checkpoints per trial)",
+        f"  searcher       {t.searcher}, {n} trial(s); objectives {objectives}",
+        f"  scheduler      {scheduler}",
+        f"  per trial      {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU{gpu});"
+        f" {concurrent}",
+    ]
+    if t.time_budget_s is not None:
+        lines.append(f"  time budget    {t.time_budget_s:g} s for the whole sweep")
+    if t.max_epochs_without_gain is not None:
+        lines.append(f"  early stop     after {t.max_epochs_without_gain} epochs without gain")
+    lines.append("Fixed config (base; every other key has its TrainConfig default):")
+    searched = {k for k, _ in spec.search} | ({"seed"} if t.seeds else set())
+    defaults = flatten(TrainConfig().to_dict())
+    for key, value in flatten(spec.base.to_dict()).items():
+        shown = key in ALWAYS_SHOWN or value != defaults[key]
+        if shown and key not in searched:
+            lines.append(f"  {key} = {value!r}")
+    lines.append("Searched:")
+    for key, d in spec.search:
+        lines.append(f"  {key}: {_domain_text(d)}")
+    if t.seeds:
+        lines.append(f"  seed: each configuration repeated with seeds {list(t.seeds)}")
+    if not spec.search and not t.seeds:
+        lines.append("  (nothing: every trial runs the base config)")
+    lines += _trial_lines(spec)
+    return "\n".join(lines)
+
+
+def _trial_lines(spec: SweepSpec) -> list[str]:
+    trials = _trial_table(spec)
+    if trials is None:
+        return [f"Trials: {count_trials(spec)}, proposed by Optuna while the sweep runs"]
+    sampled = [k for k, d in spec.search if d.kind != "grid"]
+    note = f" ('~': drawn at random per trial: {', '.join(sampled)})" if sampled else ""
+    lines = [f"Trials ({len(trials)}){note}:"]
+    for i, values in enumerate(trials[:MAX_LISTED]):
+        text = " ".join(f"{k}={v}" for k, v in values.items()) or "(base config)"
+        lines.append(f"  {i + 1:>3}  {text}")
+    if len(trials) > MAX_LISTED:
+        lines.append(f"  ... and {len(trials) - MAX_LISTED} more")
+    return lines

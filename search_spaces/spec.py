@@ -1,0 +1,230 @@
+"""The validated, frozen form of one sweep file, and the two ways in: `load_spec` and
+`config_for_trial`.
+
+A sweep file is read once, every problem in it is collected (see `validate.py`), and the
+result is a `SweepSpec` nobody can change. Nothing here imports Ray: the orchestrator turns a
+spec into Tune objects, and `--dry-run` prints one without starting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from cct.config import TrainConfig, flatten
+
+DomainKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
+SearcherName = Literal["optuna-tpe", "optuna-nsga2", "random", "grid"]
+Mode = Literal["max", "min"]
+Objective = Literal["val_accuracy", "latency_ms", "macs", "params"]
+
+
+class SpecError(Exception):
+    """A sweep file cannot be run; `errors` lists every problem, one message each."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__(self.errors)  # args hold the list, so the error pickles intact
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One searched key. `randint` bounds are both inclusive, whatever Tune's convention."""
+
+    kind: DomainKind
+    values: tuple[Any, ...] | None = None  # choice, grid
+    low: float | int | None = None  # uniform, loguniform, randint
+    high: float | int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form, e.g. {"choice": [2, 4]}."""
+        if self.values is not None:
+            return {self.kind: list(self.values)}
+        return {self.kind: [self.low, self.high]}
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    grace_period: int
+    max_t: int
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    searcher: SearcherName = "optuna-tpe"
+    objectives: tuple[tuple[Objective, Mode], ...] = (("val_accuracy", "max"),)
+    num_samples: int = 1  # for `grid`: repeats of the whole grid
+    scheduler: Literal["fifo"] | AshaSpec = "fifo"
+    seeds: tuple[int, ...] | None = None
+    time_budget_s: float | None = None
+    max_epochs_without_gain: int | None = None
+    searcher_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_concurrent_trials: int | None = None  # None: as many as fit
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    # None: the orchestrator uses sqlite:///<absolute cwd>/mlflow.db.
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    blocks: Literal["all", "none"] | tuple[int, ...] = "all"
+    units: Literal["heads", "nodes", "ff"] = "heads"
+    pooling: Literal["mean", "seqpool"] = "mean"
+    fit: Literal["fast", "faithful"] = "fast"
+    threshold: float = 0.3
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: TrainConfig
+    search: tuple[tuple[str, Domain], ...] = ()  # sorted by key
+    tune: TuneSpec = field(default_factory=TuneSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    storage_path: str = ""  # absolute path or URI
+    keep_checkpoints: int = 2
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    source: str = ""
+    hash: str = ""
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment: tracking.experiment, else the sweep name."""
+        return self.tracking.experiment or self.name
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        return self.tune.objectives
+
+    @property
+    def search_dict(self) -> dict[str, Domain]:
+        return dict(self.search)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-able (for the parent run and --dry-run)."""
+        d = _defining_part(self)
+        d.update(
+            tracking=dataclasses.asdict(self.tracking),
+            storage_path=self.storage_path,
+            keep_checkpoints=self.keep_checkpoints,
+            source=self.source,
+            hash=self.hash,
+        )
+        return d
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    """sha256 of what defines the sweep's trials: not where it is stored or tracked."""
+    canonical = json.dumps(_defining_part(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _defining_part(spec: SweepSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "base": spec.base.to_dict(),
+        "search": {k: d.to_dict() for k, d in spec.search},
+        "tune": dataclasses.asdict(spec.tune),
+        "resources": dataclasses.asdict(spec.resources),
+        "analysis": dataclasses.asdict(spec.analysis),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+
+def packaged_spec(name: str) -> Path:
+    """Path of a sweep file shipped with the package, e.g. packaged_spec("quickstart")."""
+    return Path(str(resources.files("search_spaces") / f"{name}.yaml"))
+
+
+def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read, override (`--set dotted.key=value`) and validate a sweep file.
+
+    None means the packaged quickstart; a bare name such as "cifar100_lsmha" that is not a
+    file means the packaged file of that name. Raises SpecError listing every problem.
+    Writes nothing.
+    """
+    from search_spaces.validate import apply_overrides, build_spec, read_yaml
+
+    path = _locate(path)
+    raw = read_yaml(path)  # raises SpecError for a missing, empty or unparsable file
+    raw = apply_overrides(raw, overrides)  # raises SpecError for malformed --set
+    spec = build_spec(raw, source=str(path), cwd=Path.cwd())
+    return dataclasses.replace(spec, hash=spec_hash(spec))
+
+
+def _locate(path: str | Path | None) -> Path:
+    if path is None:
+        return packaged_spec("quickstart")
+    p = Path(path).expanduser()
+    if not p.exists() and p.suffix == "" and len(p.parts) == 1 and packaged_spec(p.name).exists():
+        return packaged_spec(p.name)
+    return p.resolve() if p.exists() else p
+
+
+# --------------------------------------------------------------------------------------
+# per trial
+
+
+def config_for_trial(spec: SweepSpec, params: Mapping[str, Any]) -> TrainConfig:
+    """The frozen TrainConfig of one trial: spec.base with Tune's flat dotted params
+    (including "seed") merged in. Raises cct.config.ConfigError for an unknown key."""
+    flat = {k: _plain(v) for k, v in flatten(dict(params)).items()}
+    if spec.tune.max_epochs_without_gain is not None:
+        flat.setdefault("max_epochs_without_gain", spec.tune.max_epochs_without_gain)
+    return spec.base.replace(**flat) if flat else spec.base
+
+
+def _plain(v: Any) -> Any:
+    # Tune can hand back numpy scalars; the strict config wants Python ones.
+    return v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v
+
+
+def check_resources(
+    spec: SweepSpec, *, cpus: float, gpus: float, where: str = "this machine"
+) -> list[str]:
+    """Problems with resources `where` can never provide (the orchestrator calls this with
+    the local machine's or the cluster's totals before starting trials)."""
+    r = spec.resources
+    errors = []
+    if r.gpus_per_worker > 0 and gpus == 0:
+        errors.append(
+            f"resources.gpus_per_worker: {r.gpus_per_worker:g} GPU(s) per worker asked, but"
+            f" {where} has no GPU; run on CPU with --set resources.gpus_per_worker=0"
+        )
+    elif r.gpus_per_worker * r.workers_per_trial > gpus:
+        errors.append(
+            f"resources: one trial needs {r.workers_per_trial} worker(s) x"
+            f" {r.gpus_per_worker:g} GPU = {r.gpus_per_worker * r.workers_per_trial:g} GPUs,"
+            f" but {where} has {gpus:g}"
+        )
+    if r.cpus_per_worker * r.workers_per_trial > cpus:
+        errors.append(
+            f"resources: one trial needs {r.workers_per_trial} worker(s) x"
+            f" {r.cpus_per_worker:g} CPU = {r.cpus_per_worker * r.workers_per_trial:g} CPUs,"
+            f" but {where} has {cpus:g}; lower resources.cpus_per_worker"
+        )
+    return errors

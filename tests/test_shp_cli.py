@@ -1,0 +1,146 @@
+"""`python -m analysis.shp` on a real checkpoint from `python -m cct.train`: the files it
+writes, one-line errors for bad input, and the --run-id round trip through MLflow."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.shp import main
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny 2-block digits CCT trained for a few epochs by the real trainer."""
+    out = tmp_path_factory.mktemp("train")
+    sets = [
+        "data.dataset=digits",
+        "optim.epochs=4",
+        "optim.warmup_epochs=0",
+        "optim.lr=0.003",
+        "optim.batch_size=64",
+        "model.variant=cct_2_3x2_32",
+        "model.tokenizer_layers=1",
+        "model.embed_dim=32",
+        "latency_runs=2",
+    ]
+    cmd = [sys.executable, "-m", "cct.train", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = out / "final" / "checkpoint"
+    assert (path / "model.json").is_file()
+    return path
+
+
+def test_cli_writes_summary_arrays_and_pictures(checkpoint, tmp_path):
+    out = tmp_path / "shp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.shp", "--checkpoint", str(checkpoint), "--out", str(out)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [b["block"] for b in summary["blocks"]] == [0, 1]
+    for b in summary["blocks"]:
+        assert b["kind"] == "transformer"
+        for key in (
+            "readout_accuracy",
+            "snr_labels",
+            "snr_area",
+            "mean_noise",
+            "mean_cluster_size",
+        ):
+            assert key in b
+        assert b["readout_accuracy"] > 0.3  # 10 digit classes: well above chance
+        z = np.load(out / f"block_{b['block']}.npz")
+        assert z["fields"].shape == (2, 10, 10) and z["logits"].shape == (10, 10)
+        assert z["binary"].shape == z["normalized"].shape == (2, 10, 10)
+        assert z["clusters"].shape == (2, 10)
+        for name in ("normalized", "binary"):
+            assert (out / f"block_{b['block']}_{name}.png").stat().st_size > 1000
+    assert (out / "blocks.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "/nonexistent/ckpt"], "not a checkpoint folder"),
+        (["--blocks", "9"], "out of range"),
+        (["--blocks", "0,x"], "--blocks"),
+        (["--units", "bogus"], "--units"),
+        (["--threshold", "0"], "--threshold"),
+        ([], "--checkpoint"),
+    ],
+)
+def test_cli_bad_input_is_one_error_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):
+    # the checkpoint is added unless the case is about the source itself
+    argv = args if "--checkpoint" in args or not args else ["--checkpoint", str(checkpoint), *args]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "x"), "--no-plots"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_run_id_round_trip_through_a_sqlite_store(checkpoint, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("shp-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    run_id = run.info.run_id
+    client.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
+    client.set_terminated(run_id)
+
+    out = tmp_path / "shp"
+    rc = main(
+        [
+            "--run-id",
+            run_id,
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+            "--blocks",
+            "0,1",
+            "--no-plots",
+        ]
+    )
+    assert rc == 0
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, "shp")}
+    assert {"summary.json", "block_0.npz", "block_1.npz"} <= names
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("shp_readout_accuracy", "shp_snr_labels", "shp_snr_area"):
+        history = client.get_metric_history(run_id, key)
+        want = {b["block"]: b[key[4:]] for b in summary["blocks"] if b[key[4:]] is not None}
+        assert {m.step: m.value for m in history} == pytest.approx(want)
+    assert len(client.get_metric_history(run_id, "shp_readout_accuracy")) == 2
+
+    with pytest.raises(SystemExit) as e:  # an unknown run is a one-line error too
+        main(["--run-id", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "y")])
+    assert e.value.code == 2
