@@ -13,6 +13,7 @@ the retraining.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ def andc_prune(
     iters: int,
 ) -> tuple[dict[str, Any], Tensor]:
     """Prune `weight` (K, W) to `mask`, retrain `iters` masked L-BFGS steps; (report, weights)."""
+    t = time.perf_counter()
     m = torch.as_tensor(mask, device=weight.device)
     pruned = weight * m
     retrained = fit_linear(
@@ -70,5 +72,6 @@ def andc_prune(
         "accuracy_pruned": accuracy(pruned, heldout_pooled, heldout_y),
         "accuracy_after": accuracy(retrained, heldout_pooled, heldout_y),
         "retrain_iters": iters,
+        "seconds": time.perf_counter() - t,
     }
     return report, retrained

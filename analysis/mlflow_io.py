@@ -43,16 +43,18 @@ def log_to_mlflow(
     run_id: str | None = None,
     *,
     tracking_uri: str | None = None,
+    client: MlflowClient | None = None,
 ) -> str:
     """Log the folder `out_dir` under artifact path `shp/` and the per-block metrics
     shp_readout_accuracy, shp_snr_labels, shp_snr_area (step = block index; nulls skipped)
-    to `run_id`, or to the active run when None. Returns the run id."""
+    to `run_id`, or to the active run when None. `client` (or else `tracking_uri`, or else
+    MLflow's current tracking URI) says which store. Returns the run id."""
     if run_id is None:
         active = mlflow.active_run()
         if active is None:
             raise ValueError("log_to_mlflow: no run_id given and no active MLflow run")
         run_id = active.info.run_id
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = client or MlflowClient(tracking_uri=tracking_uri)
     client.log_artifacts(run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
     now = int(time.time() * 1000)
     metrics = [

@@ -1,6 +1,7 @@
 """The SHP/SNP analysis of one trained model, end to end (SPEC section 4).
 
     analyze_model(model, data, blocks=..., units=..., out_dir=...)  -> summary dict
+    analyze_checkpoint(checkpoint_folder, out_dir=..., blocks=..., ...)  -> summary dict
 
 1. train pass   — the frozen network runs once over the training set for all analysed
                   blocks; mean-pooled features stay on the device (and, for seqpool, the
@@ -11,9 +12,24 @@
                   accuracy; its pooling gives the per-label mean features, hence the fields.
 4. per block    — fields -> normalised / binary matrices -> clusters, noise, SNR, head label
                   sets, ANDC pruning; written as block_<b>.npz, summary.json and pictures.
+Steps 1-3 live in passes.py, step 4 here.
 
 `analyze_features` is the same pipeline on any Extractor (block -> tokens), so tests can
 plant features with a known answer.
+
+Outputs (a "unit" is a head for units="heads", else a node; a filter on conv blocks):
+  block_<b>.npz   fields (U, K, K) raw mean fields, row = true label, column = output;
+                  logits (K, K) the readout's mean logits per true label (its own forward);
+                  normalized, binary (U, K, K); clusters (U, K) cluster number per label or -1;
+                  label_sets (U, K); overlaps (U, U); readout_weight (K, W); label_counts (K,);
+                  andc_mask (K, W), andc_weight (K, W) unless andc="none"
+  summary.json    run settings, seconds per stage, and `blocks`: per block `block`, `kind`,
+                  `unit`, `num_units`, `readout_accuracy` (held-out), cluster figures
+                  (`clusters_per_unit`, `mean_cluster_size`, `mean_labels_in_clusters`,
+                  `mean_noise`, ... and `*_all_units`), `snr_labels`, `snr_area` (null when
+                  `noise_free`), head label-set figures (`label_sets`, `coverage`,
+                  `heads_per_label`, `pairwise_overlap_mean`, ...), `andc`; never NaN/Infinity
+  block_<b>_normalized.png, block_<b>_binary.png, blocks.png
 """
 
 from __future__ import annotations
@@ -22,69 +38,36 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.andc import andc_mask, andc_prune, node_label_sets
 from analysis.clusters import binarize, cluster_index, find_clusters, normalize
 from analysis.features import (
+    UNITS,
     AnalysisError,
     BlockUnits,
     Extractor,
     Units,
-    batches,
     block_units,
-    cache_budget,
-    collect_train_features,
     model_extractor,
     resolve_blocks,
 )
 from analysis.fields import check_fields, unit_fields
-from analysis.readout import (
-    FaithfulRecipe,
-    FastRecipe,
-    Fit,
-    Pooling,
-    Readout,
-    faithful_optimizer,
-    fit_linear,
-    train_readouts,
-)
+from analysis.options import ShpOptions
+from analysis.passes import HeldOut, fit_readouts, heldout_pass, sync_time
+from analysis.readout import Fit, Pooling, Readout
 from analysis.stats import cluster_stats, label_sets, overlap_matrix, specialisation
 from cct.checkpoint import unwrap
-from cct.data import DeviceAugment, DeviceData
-from cct.data import normalize as normalize_images
+from cct.data import DeviceData
 from cct.models import CCT
 
-
-@dataclass(frozen=True)
-class ShpOptions:
-    """Everything beyond the main choices; the defaults follow SPEC section 4."""
-
-    # The matrices come from the validation split by default: committee selection reads
-    # the head label sets and must never see test data (SPEC 6). "test" as in the papers.
-    heldout: Literal["val", "test"] = "val"
-    # [reconstructed] ANDC: keep W[j, n] where j is on node n's own diagonal, or ("clusters")
-    # in the clusters of n's unit; "none" skips it
-    andc: Literal["diagonal", "clusters", "none"] = "diagonal"
-    andc_iters: int = 50  # "retrain briefly": masked L-BFGS iterations
-    batch_size: int = 256  # images per feature pass batch
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
-    # bytes the fast seqpool fit may cache token features in (half precision); None: half
-    # the free GPU memory, or 1 GiB on the CPU; 0: always stream them
-    token_cache_bytes: int | None = None
-    fast: FastRecipe = field(default_factory=FastRecipe)
-    faithful: FaithfulRecipe = field(default_factory=FaithfulRecipe)
-    seed: int = 0
-    plots: bool = True
-    max_units_plotted: int = 64
+__all__ = ["ShpOptions", "analyze_checkpoint", "analyze_features", "analyze_model", "jsonable"]
 
 
 def analyze_model(
@@ -104,6 +87,8 @@ def analyze_model(
     is put in eval mode for the analysis and restored afterwards."""
     model = unwrap(model)
     options = options or ShpOptions()
+    if units not in UNITS:
+        raise AnalysisError(f"units={units!r}: choose from {', '.join(UNITS)}")
     chosen = resolve_blocks(model, blocks if isinstance(blocks, str) else list(blocks))
     layouts = [block_units(model, b, units) for b in chosen]
     dev = data.train_x.device
@@ -128,6 +113,51 @@ def analyze_model(
         )
     finally:
         model.train(was_training)
+
+
+def analyze_checkpoint(
+    checkpoint: Path,
+    *,
+    out_dir: Path,
+    blocks: str | Sequence[int] = "all",
+    units: Units = "heads",
+    pooling: Pooling = "mean",
+    fit: Fit = "fast",
+    threshold: float = 0.3,
+    device: str | torch.device = "auto",
+    options: ShpOptions | None = None,
+) -> dict[str, Any]:
+    """analyze_model on a checkpoint folder: rebuild the model, check the blocks, then load
+    the dataset its config names (same split seed, so the same held-out images).
+    device "auto" is the current CUDA device when there is one, else the CPU."""
+    from cct.checkpoint import load_model
+    from cct.config import TrainConfig
+    from cct.data import load_dataset
+
+    if device == "auto":
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "model.json").is_file() or not (checkpoint / "model.pt").is_file():
+        raise FileNotFoundError(
+            f"{checkpoint}: not a checkpoint folder (needs model.json and model.pt)"
+        )
+    model, description = load_model(checkpoint, map_location=device)
+    if units not in UNITS:
+        raise AnalysisError(f"units={units!r}: choose from {', '.join(UNITS)}")
+    resolve_blocks(model, blocks if isinstance(blocks, str) else list(blocks))  # before data
+    data = load_dataset(TrainConfig.from_dict(description["config"]).data, device)
+    return analyze_model(
+        model.to(device),
+        data,
+        blocks=blocks,
+        units=units,
+        pooling=pooling,
+        fit=fit,
+        threshold=threshold,
+        out_dir=out_dir,
+        options=options,
+    )
 
 
 def analyze_features(
@@ -174,10 +204,10 @@ def analyze_features(
     seconds: dict[str, float] = {}
     summary["seconds"] = seconds
     t = time.perf_counter()
-    readouts, train_pooled = _fit_readouts(extract, layouts, data, pooling, fit, options, summary)
+    readouts, train_pooled = fit_readouts(extract, layouts, data, pooling, fit, options, summary)
     t1 = time.perf_counter()
-    held = _heldout_pass(extract, readouts, held_x, held_y, data, options.batch_size)
-    seconds["heldout_pass"] = _sync_time(t1)
+    held = heldout_pass(extract, readouts, held_x, held_y, data, options.batch_size)
+    seconds["heldout_pass"] = sync_time(t1)
 
     for lay in layouts:
         tb = time.perf_counter()
@@ -193,7 +223,7 @@ def analyze_features(
         )
         entry["seconds"] = time.perf_counter() - tb
         summary["blocks"].append(entry)
-    seconds["analysis"] = _sync_time(t)
+    seconds["analysis"] = sync_time(t)
     if options.plots:
         from analysis.plots import plot_blocks  # matplotlib only when drawing
 
@@ -206,183 +236,13 @@ def analyze_features(
 
 
 # --------------------------------------------------------------------------------------
-# passes and fits
-
-
-def _fit_readouts(
-    extract: Extractor,
-    layouts: list[BlockUnits],
-    data: DeviceData,
-    pooling: Pooling,
-    fit: Fit,
-    options: ShpOptions,
-    info: dict[str, Any],
-) -> tuple[dict[int, Readout], dict[int, Tensor]]:
-    """Fresh readouts fitted on the training split; also the pooled training features under
-    each fitted readout's pooling (for the train accuracy and ANDC's retraining)."""
-    dev = data.train_x.device
-    K = data.num_classes
-    n = int(data.train_y.shape[0])
-    readouts = {lay.block: Readout(lay.width, K, pooling).to(dev) for lay in layouts}
-    fast = options.fast
-    seconds = info["seconds"]
-    t = time.perf_counter()
-    pooled: dict[int, Tensor] = {}
-    cache = None
-    if pooling == "mean" or fit == "fast":
-        pooled, cache = collect_train_features(
-            extract,
-            _inputs(data.train_x, data, options.batch_size),
-            n=n,
-            cache_tokens=pooling == "seqpool" and fit == "fast",
-            cache_budget_bytes=(
-                cache_budget(dev) if options.token_cache_bytes is None else options.token_cache_bytes
-            ),
-        )
-    seconds["train_pass"] = _sync_time(t)
-
-    t = time.perf_counter()
-    gen = torch.Generator(device=dev).manual_seed(options.seed)
-    if fit == "fast":
-        for b, r in readouts.items():
-            r.weight.data = fit_linear(
-                pooled[b], data.train_y, K, weight_decay=fast.weight_decay, max_iter=fast.max_iter
-            )
-        if pooling == "seqpool" and fast.seqpool_epochs > 0:
-            params = [p for r in readouts.values() for p in r.parameters()]
-            opt = torch.optim.Adam(params, lr=fast.seqpool_lr, weight_decay=fast.weight_decay)
-            stream = _token_stream(extract, data, cache, fast.seqpool_batch_size, gen, "none")
-            train_readouts(
-                readouts,
-                stream,
-                epochs=fast.seqpool_epochs,
-                optimizer=opt,
-                lr_at=lambda e: fast.seqpool_lr,
-            )
-            info["seqpool_tokens"] = "cached" if cache is not None else "streamed"
-    else:
-        rec = options.faithful
-        params = [p for r in readouts.values() for p in r.parameters()]
-        opt = faithful_optimizer(params, rec)
-        stream = _token_stream(extract, data, None, rec.batch_size, gen, rec.augment)
-        train_readouts(
-            readouts,
-            stream,
-            epochs=rec.epochs,
-            optimizer=opt,
-            lr_at=lambda e: rec.lr * rec.lr_decay**e,
-        )
-    del cache
-    seconds["fit"] = _sync_time(t)
-
-    if pooling == "seqpool":  # pooled features depend on the fitted score: one more pass
-        t = time.perf_counter()
-        pooled = _pooled_pass(extract, readouts, data.train_x, data, options.batch_size)
-        seconds["train_pooled_pass"] = _sync_time(t)
-    return readouts, pooled
-
-
-def _inputs(x: Tensor, data: DeviceData, batch_size: int) -> Iterator[Tensor]:
-    for xb, _ in batches(x, x, batch_size):
-        yield normalize_images(xb, data.mean, data.std)
-
-
-def _token_stream(
-    extract: Extractor,
-    data: DeviceData,
-    cache: dict[int, Tensor] | None,
-    batch_size: int,
-    gen: torch.Generator,
-    augment: str,
-):
-    """(epoch) -> shuffled batches of (tokens per block, soft targets): from the half-precision
-    cache, or by re-running the frozen network on (augmented) images."""
-    n, K, dev = int(data.train_y.shape[0]), data.num_classes, data.train_x.device
-    spec = data.augment
-    if augment == "geometric":  # shifts and flips only, hard labels
-        spec = dataclasses.replace(spec, mixup=0.0, cutmix=0.0, erase_prob=0.0, label_smoothing=0.0)
-    aug = DeviceAugment(spec, K, data.mean, data.std) if augment != "none" else None
-
-    def stream(epoch: int):
-        order = torch.randperm(n, generator=gen, device=dev)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            y = data.train_y[idx]
-            if cache is not None:
-                yield {b: c[idx].float() for b, c in cache.items()}, F.one_hot(y, K).float()
-                continue
-            if aug is None:
-                x, targets = (
-                    normalize_images(data.train_x[idx], data.mean, data.std),
-                    F.one_hot(y, K).float(),
-                )
-            else:
-                x, targets = aug(data.train_x[idx], y, gen)
-            yield extract(x), targets
-
-    return stream
-
-
-@torch.no_grad()
-def _pooled_pass(
-    extract: Extractor, readouts: dict[int, Readout], x: Tensor, data: DeviceData, batch_size: int
-) -> dict[int, Tensor]:
-    parts: dict[int, list[Tensor]] = {b: [] for b in readouts}
-    for xb in _inputs(x, data, batch_size):
-        tokens = extract(xb)
-        for b, r in readouts.items():
-            parts[b].append(r.pool(tokens[b]))
-    return {b: torch.cat(p) for b, p in parts.items()}
-
-
-@dataclass
-class _Held:
-    """Per block: per-sample pooled features, per-label sums; shared labels and counts."""
-
-    pooled: dict[int, Tensor]  # (n, W) float32
-    pooled_sum: dict[int, Tensor]  # (K, W) float64
-    logits_sum: dict[int, Tensor]  # (K, K) float64, from the readout's forward
-    correct: dict[int, Tensor]  # () int64
-    y: Tensor
-    counts: Tensor  # (K,)
-
-
-@torch.no_grad()
-def _heldout_pass(
-    extract: Extractor,
-    readouts: dict[int, Readout],
-    x: Tensor,
-    y: Tensor,
-    data: DeviceData,
-    batch_size: int,
-) -> _Held:
-    K, dev = data.num_classes, x.device
-    held = _Held({b: [] for b in readouts}, {}, {}, {}, y, torch.bincount(y, minlength=K))
-    for b, r in readouts.items():
-        held.pooled_sum[b] = torch.zeros(K, r.weight.shape[1], dtype=torch.float64, device=dev)
-        held.logits_sum[b] = torch.zeros(K, K, dtype=torch.float64, device=dev)
-        held.correct[b] = torch.zeros((), dtype=torch.int64, device=dev)
-    for xb, yb in batches(x, y, batch_size):
-        tokens = extract(normalize_images(xb, data.mean, data.std))
-        for b, r in readouts.items():
-            logits = r(tokens[b])  # the readout's own forward, independent of the fields
-            pooled = r.pool(tokens[b])
-            held.pooled[b].append(pooled)
-            held.pooled_sum[b].index_add_(0, yb, pooled.double())
-            held.logits_sum[b].index_add_(0, yb, logits.double())
-            held.correct[b] += (logits.argmax(1) == yb).sum()
-    held.pooled = {b: torch.cat(p) for b, p in held.pooled.items()}
-    return held
-
-
-# --------------------------------------------------------------------------------------
 # one block: fields -> matrices -> clusters -> statistics -> ANDC -> files
 
 
 def _analyse_block(
     lay: BlockUnits,
     readout: Readout,
-    held: _Held,
+    held: HeldOut,
     train_pooled: Tensor,
     data: DeviceData,
     threshold: float,
@@ -488,12 +348,6 @@ def _check_choices(pooling: str, fit: str, threshold: float, options: ShpOptions
         raise AnalysisError(
             f"faithful augment={options.faithful.augment!r}: choose from geometric, train, none"
         )
-
-
-def _sync_time(t0: float) -> float:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()  # timing only: the device work must be finished
-    return time.perf_counter() - t0
 
 
 def jsonable(obj: Any) -> Any:

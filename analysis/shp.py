@@ -20,8 +20,8 @@ from typing import NoReturn
 
 import torch
 
-from analysis.features import UNITS, AnalysisError, resolve_blocks
-from analysis.pipeline import ShpOptions, analyze_model
+from analysis.features import UNITS, AnalysisError
+from analysis.pipeline import ShpOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +76,7 @@ def _device(name: str) -> torch.device:
         _fail("--device cuda: no CUDA device is visible")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return torch.device(name, torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     # imported here so `--help` and argument errors stay fast
     from mlflow.exceptions import MlflowException
 
-    from cct.checkpoint import load_model
-    from cct.config import ConfigError, TrainConfig
-    from cct.data import DatasetError, load_dataset
+    from analysis.pipeline import analyze_checkpoint
+    from cct.config import ConfigError
+    from cct.data import DatasetError
 
     with tempfile.TemporaryDirectory(prefix="shp-ckpt-") as tmp:
         try:
@@ -114,23 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                 path = download_checkpoint(args.run_id, Path(tmp), args.tracking_uri)
             else:
                 path = args.checkpoint
-                if not (path / "model.json").is_file() or not (path / "model.pt").is_file():
-                    raise FileNotFoundError(
-                        f"--checkpoint {path}: not a checkpoint folder (needs model.json and model.pt)"
-                    )
-            model, description = load_model(path, map_location=device)
-            resolve_blocks(model, blocks)  # fail on bad blocks before loading any data
-            cfg = TrainConfig.from_dict(description["config"])
-            data = load_dataset(cfg.data, device)
-            summary = analyze_model(
-                model.to(device),
-                data,
+            summary = analyze_checkpoint(
+                path,
+                out_dir=args.out,
                 blocks=blocks,
                 units=args.units,
                 pooling=args.pooling,
                 fit=args.fit,
                 threshold=args.threshold,
-                out_dir=args.out,
+                device=device,
                 options=options,
             )
             if args.run_id:

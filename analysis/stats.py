@@ -51,8 +51,8 @@ def cluster_stats(binary: np.ndarray, clusters: list[list[list[int]]]) -> dict[s
         "snr_labels": _ratio(mean_labels, mean_noise),
         "snr_area": _ratio(mean_area, mean_noise),
         "noise_free": mean_noise == 0.0,
-        "noise_per_unit": noises.astype(int).tolist(),
-        "clusters_per_unit_list": n_clusters.astype(int).tolist(),
+        "unit_noise": noises.astype(int).tolist(),  # per unit
+        "unit_clusters": n_clusters.astype(int).tolist(),  # per unit
     }
 
 

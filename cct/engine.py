@@ -248,8 +248,10 @@ def fit(
         metrics["val_accuracy"] = last_val
         metrics["best_val_accuracy"] = state.best_val
         stop_early = cfg.max_epochs_without_gain is not None and stale >= cfg.max_epochs_without_gain
-        metrics["done"] = epoch == cfg.optim.epochs or stop_early
-        if metrics["done"]:
+        # Not "done": Ray Tune reads a reported `done` as "stop this trial now", which
+        # would kill the trial before its Train run has shut down.
+        metrics["final"] = epoch == cfg.optim.epochs or stop_early
+        if metrics["final"]:
             # Final evaluation before the last report, so that report carries test accuracy.
             result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
             metrics.update(val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"])

@@ -45,10 +45,10 @@ def summarize(
         rows.append(
             {
                 "trial_id": m.get("trial_id"),
-                "params": {k: v for k, v in (result.config or {}).items()},
+                "config": dict(result.config or {}),
                 "status": "error"
                 if result.error is not None
-                else ("done" if m.get("done") else "stopped"),
+                else ("done" if "test_accuracy" in m else "stopped"),
                 "epochs": m.get("epoch"),
                 **{k: m.get(k) for k in SHOWN},
             }
@@ -95,7 +95,7 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         f"\n{title} of sweep {spec.name!r} ({summary['finished']} finished, {summary['errored']} errored):"
     )
     for r in rows:
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["params"].items()))
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["config"].items()))
         metrics = "  ".join(f"{k} {_fmt(r[k])}" for k in SHOWN if r.get(k) is not None)
         print(f"  {r['trial_id']}  {metrics}  [{params}]")
     print(f"\nMLflow store: {tracking_uri}  (experiment {spec.experiment!r})")

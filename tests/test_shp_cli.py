@@ -144,3 +144,43 @@ def test_run_id_round_trip_through_a_sqlite_store(checkpoint, tmp_path):
     with pytest.raises(SystemExit) as e:  # an unknown run is a one-line error too
         main(["--run-id", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "y")])
     assert e.value.code == 2
+
+
+def test_sweep_hook_analyze_checkpoint_then_log_with_a_client(checkpoint, tmp_path):
+    # the call the sweep worker makes at the end of a trial (orchestrator/worker.py)
+    from mlflow.tracking import MlflowClient
+
+    from analysis import analyze_checkpoint, log_to_mlflow
+
+    out = tmp_path / "shp"
+    summary = analyze_checkpoint(
+        checkpoint,
+        out_dir=out,
+        blocks=(1,),
+        units="heads",
+        pooling="mean",
+        fit="fast",
+        threshold=0.3,
+    )
+    assert [b["block"] for b in summary["blocks"]] == [1]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("hook", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    assert log_to_mlflow(summary, out, run_id=run_id, client=client) == run_id
+    (m,) = client.get_metric_history(run_id, "shp_readout_accuracy")
+    assert (m.step, m.value) == (1, pytest.approx(summary["blocks"][0]["readout_accuracy"]))
+    assert "shp/blocks.png" in {f.path for f in client.list_artifacts(run_id, "shp")}
+    with pytest.raises(ValueError, match="no active MLflow run"):
+        log_to_mlflow(summary, out, client=client)
+
+
+def test_analysis_never_imports_ray():
+    code = (
+        "import sys, analysis, analysis.shp, analysis.pipeline, analysis.mlflow_io, analysis.plots;"
+        "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'orchestrator')));"
+        "assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -29,13 +29,14 @@ def test_square_blocks_are_found_in_label_order():
     assert cluster_index(find_clusters(b), 6).tolist() == [0, -1, 0, 0, 1, 1]
 
 
-def test_candidate_that_breaks_the_square_starts_its_own_cluster():
-    # {0, 1} is a square; 2 is a candidate (diagonal 1) and links to 0 both ways and 1 -> 2,
-    # but (2, 1) is 0: adding 2 would break the square, so it becomes a singleton.
-    cells = block(3, [0, 1]) + [(2, 2), (0, 2), (2, 0), (1, 2)]
-    b = ones_at(3, cells)
+@pytest.mark.parametrize("missing", [(2, 1), (1, 2)])
+def test_candidate_that_breaks_the_square_starts_its_own_cluster(missing):
+    # {0, 1} is a square; 2 is a candidate (diagonal 1) linked to 0 both ways and to 1 one
+    # way only: adding 2 would break the square (either direction), so it becomes a singleton.
+    links = [(2, 2), (0, 2), (2, 0), (1, 2), (2, 1)]
+    b = ones_at(3, block(3, [0, 1]) + [c for c in links if c != missing])
     assert find_clusters(b) == [[0, 1], [2]]
-    assert noise(b, find_clusters(b)) == 3  # (0,2), (2,0), (1,2) lie outside both blocks
+    assert noise(b, find_clusters(b)) == 3  # the three links outside both blocks
 
 
 def test_greedy_keeps_the_first_candidate_even_when_a_later_pair_is_larger():
