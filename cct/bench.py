@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -73,7 +72,8 @@ def time_training(
     bf16: bool,
     compile: bool = False,
 ) -> float:
-    """Seconds per full training step (median over `steps`, after `warmup` untimed steps).
+    """Seconds per full training step: `steps` steps timed together after `warmup` untimed
+    ones, synchronised only at both ends so the host can queue ahead as it does in training.
 
     The step is the engine's: uint8 batch -> DeviceAugment -> forward (autocast) -> soft
     cross-entropy -> backward -> AdamW (fused on GPU). Data is random uint8 on the device,
@@ -103,15 +103,12 @@ def time_training(
 
     for _ in range(warmup):  # allocator, cuDNN autotuning, compilation
         step()
-    times = []
+    _sync(device)
+    t0 = time.perf_counter()
     for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
         step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
 
 
 def benchmark(
@@ -178,8 +175,8 @@ def benchmark(
     # Model FLOPs (Chowdhery et al. 2022, PaLM appendix B): backward costs twice the forward.
     flops_per_step = 3 * 2 * macs.total * train_batch_size
     name = device_name(dev)
-    peak = peak_tflops if peak_tflops is not None else None
-    if peak is None and dev.type == "cuda" and bf16:
+    peak = peak_tflops
+    if peak is None and dev.type == "cuda" and bf16:  # the table holds bf16 peaks only
         peak = peak_tflops_for(name)
     return {
         "variant": variant,
@@ -271,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.variant, args.set)
         for flag in ("batch_size", "train_batch_size", "runs", "train_steps"):
             if getattr(args, flag) < 1:
-                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
+                )
         if args.dataset is not None:
             data = DataConfig(dataset=args.dataset, img_size=args.img_size)
             classes, channels, size = dataset_shape(data)
@@ -304,9 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
-    assert all(
-        math.isfinite(v) for v in result.values() if isinstance(v, float)
-    ), "a measurement is not finite"
     return 0
 
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from cct.config import flatten
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
+EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
 
 
@@ -174,9 +175,9 @@ class RunTracker(NullTracker):
         epoch = int(metrics["epoch"])
         if epoch in self.logged_epochs:
             return
-        keep = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
         self.client.log_batch(
-            self.run_id, metrics=_metrics({k: metrics[k] for k in keep if k in metrics}, epoch)
+            self.run_id,
+            metrics=_metrics({k: metrics[k] for k in EPOCH_METRICS if k in metrics}, epoch),
         )
         self.logged_epochs.add(epoch)
 
@@ -187,6 +188,9 @@ class RunTracker(NullTracker):
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         final = {f"final_{k}" if k == "epochs" else k: v for k, v in final.items()}
+        # The last epoch's report already carried the final val_accuracy (of the weights
+        # kept, see cct.engine); logging it again would give that step two values.
+        final = {k: v for k, v in final.items() if k not in EPOCH_METRICS}
         self.client.log_batch(self.run_id, metrics=_metrics(final, step=int(result["epochs"])))
         if artifacts is not None:
             self.client.log_artifact(self.run_id, str(artifacts / "logits.npz"), "logits")

@@ -8,6 +8,7 @@ reading `5e-4` as a string); impossible model shapes with cct.models.resolve_set
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -194,9 +195,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of `raw` with each "dotted.key=value" set (value read as YAML). Under `search`
-    the rest of the key is one searched key; `search.KEY=null` stops searching KEY."""
+    the rest of the key is one searched key; `search.KEY=null` stops searching KEY. Keys of
+    the training config (model., data., optim., seed, ...) may leave out `base.`."""
     raw = copy.deepcopy(raw)
     errors = []
     for item in overrides:
@@ -213,6 +218,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             continue
         if parts[0] == "search" and len(parts) > 1:
             parts = ["search", ".".join(parts[1:])]
+        elif parts[0] in _TRAIN_KEYS:
+            parts = ["base", *parts]  # shorthand: --set optim.lr=... means base.optim.lr
         node = raw
         for i, p in enumerate(parts[:-1]):
             if node.get(p) is None:

@@ -1,6 +1,6 @@
 """What the SHP analysis costs next to training, and how close `fast` is to `faithful`.
 
-    python benchmarks/bench_analysis.py [--train-steps 4] [--subset-train 1500]
+    python -m analysis.bench [--train-steps 4] [--subset-train 1500]
         [--subset-heldout 500] [--faithful-steps 3] [--agreement-epochs 30] [--device auto]
 
 Prints one JSON object:

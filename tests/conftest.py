@@ -1,0 +1,115 @@
+"""Shared fixtures. `sweep` runs one real sweep on local Ray for the whole session (see
+tests/test_sweep_e2e.py for what it goes through); tests that need trained sweep output
+(MLflow runs with checkpoints, logits and analysis) share it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EPOCHS = 12
+SWEEP = f"""
+name: e2e
+base:
+  model: {{variant: cct_2_3x2_32, tokenizer_layers: 1, depth: 2, embed_dim: 32,
+          conv_blocks: 0, attn_dropout: 0.0, drop_path: 0.0}}
+  data: {{dataset: digits}}
+  optim: {{epochs: {EPOCHS}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
+  latency_runs: 10
+search:
+  model.num_heads: {{choice: [2, 4]}}
+tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
+resources: {{workers_per_trial: 2, cpus_per_worker: 0.45, max_concurrent_trials: 2}}
+analysis: {{blocks: all}}
+"""
+
+
+def _checkpoints(root: Path) -> dict[str, int]:
+    """Trial id -> number of checkpoint folders Ray Train has persisted for it."""
+    out = {}
+    for run in root.glob("ray_results/*-train/train-*"):
+        out[run.name.removeprefix("train-")] = len(list(run.glob("checkpoint_*")))
+    return out
+
+
+def _epochs_reported(root: Path) -> int:
+    """Results Tune has recorded so far, over all trials (one per epoch)."""
+    files = root.glob("ray_results/e2e-*/trial-*/result.json")
+    return sum(len(f.read_text().splitlines()) for f in files)
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start(cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"],
+        cwd=cwd,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killing it takes Ray down too
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def _train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep.yaml").write_text(SWEEP)
+    log = root / "sweep.log"
+    proc = _start(root, log)
+    try:
+        # 1. a worker dies after a checkpoint: Ray Train restarts the group from it
+        _wait_for(
+            lambda: max(_checkpoints(root).values(), default=0) >= 2, 240, "checkpoints", proc
+        )
+        pids = _train_worker_pids()
+        assert pids, "no RayTrainWorker process found"
+        os.kill(pids[0], signal.SIGKILL)
+        # 2. later the driver dies, taking its local Ray instance with it
+        reported = _epochs_reported(root)
+        _wait_for(lambda: _epochs_reported(root) >= reported + 4, 240, "more epochs", proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    except BaseException:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    before_resume = _checkpoints(root)
+    # 3. the same command again resumes the sweep
+    proc = _start(root, log)
+    try:
+        assert proc.wait(420) == 0, log.read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return {"root": root, "log": log.read_text(), "before_resume": before_resume}
+
+
+@pytest.fixture(scope="session")
+def mlflow_runs(sweep):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep['root'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, runs

@@ -1,0 +1,82 @@
+"""The sweep command's front door: bad input exits 2 with one line per error and writes
+nothing; --dry-run prints the plan without starting Ray."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD = """
+name: cli
+base:
+  model: {variant: cct_2_3x2_32, tokenizer_layers: 1}
+  data: {dataset: digits}
+  optim: {epochs: 2}
+search:
+  model.num_heads: {grid: [2, 4]}
+tune: {searcher: grid}
+"""
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("text", "sets", "expected"),
+    [
+        (GOOD.replace("epochs: 2", "epochs: 0"), [], "optim.epochs"),
+        (GOOD, ["optim.lr=5e-4"], "write 5.0e-4"),
+        (GOOD, ["model.conv_blocks=9"], "model.conv_blocks"),
+        (GOOD, ["resources.gpus_per_worker=1"], "resources.gpus_per_worker=0"),
+        (GOOD.replace("tune: {searcher: grid}", "tune: {searcher: optuna-tpe}"), [], "grid"),
+        (GOOD + "\nbogus: 1\n", [], "bogus"),
+        ("name: [unclosed\n", [], "line"),
+    ],
+)
+def test_bad_input_exits_2_with_a_one_line_error_and_writes_nothing(tmp_path, text, sets, expected):
+    (tmp_path / "sweep.yaml").write_text(text)
+    before = files_in(tmp_path)
+    args = ["--config", "sweep.yaml"] + [a for s in sets for a in ("--set", s)]
+    proc = run(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), lines
+    assert expected in proc.stderr
+    assert files_in(tmp_path) == before  # no mlflow.db, no ray_results
+
+
+def test_missing_file_is_named(tmp_path):
+    proc = run(tmp_path, "--config", "nope.yaml")
+    assert proc.returncode == 2
+    assert "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(GOOD)
+    proc = run(tmp_path, "--config", "sweep.yaml", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "Sweep 'cli'" in proc.stdout
+    assert "model.num_heads=2" in proc.stdout and "model.num_heads=4" in proc.stdout
+    assert files_in(tmp_path) == {"sweep.yaml"}
+
+
+def test_quickstart_is_the_default(tmp_path):
+    proc = run(tmp_path, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "Sweep 'quickstart'" in proc.stdout
+    assert "Trials (4)" in proc.stdout
