@@ -181,10 +181,9 @@ def measure(
 
 
 def mean_pairwise_to(matrix: np.ndarray, i: int, idx: Sequence[int]) -> float | None:
-    row = [matrix[i, j] for j in idx if j != i]
-    if not row or not np.all(np.isfinite(row)):
-        return None
-    return float(np.mean(row))
+    """Mean of a term from member i to the others, over those where it is available."""
+    row = [matrix[i, j] for j in idx if j != i and np.isfinite(matrix[i, j])]
+    return float(np.mean(row)) if row else None
 
 
 # --------------------------------------------------------------------------------------

@@ -239,12 +239,12 @@ def diversity_score(scaled: dict[str, np.ndarray], c: int, members: Sequence[int
 
 
 def mean_pairwise(matrix: np.ndarray, members: Sequence[int]) -> float | None:
-    """Mean of a term over the member pairs; None when unavailable or a single member."""
+    """Mean of a term over the member pairs where it is available (label sets may be
+    missing for some members); None when no pair has it."""
     idx = list(members)
     vals = [matrix[i, j] for k, i in enumerate(idx) for j in idx[k + 1 :]]
-    if not vals or not np.all(np.isfinite(vals)):
-        return None
-    return float(np.mean(vals))
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
 
 
 # --------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class _State:
     best_val: float = -1.0
     best_epoch: int = 0
     step: int = 0
+    stale: int = 0  # epochs since the best validation accuracy (early stopping)
+    last_val: float = 0.0  # latest validation accuracy, reported between evaluations
 
 
 def build_model(cfg: TrainConfig, data: DeviceData) -> CCT:
@@ -171,7 +173,6 @@ def fit(
         torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     )
     gen = torch.Generator(device=device)
-    stale, last_val = 0, 0.0
     result: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     if (
@@ -184,8 +185,11 @@ def fit(
         )
 
     for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
-        # Seeded per (seed, epoch, rank): a resumed run draws what an unbroken one would.
-        gen.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank.rank)
+        # Seeded per (seed, epoch, rank): a resumed run draws what an unbroken one would,
+        # augmentation from `gen`, dropout and drop-path from torch's global generator.
+        epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + rank.rank
+        gen.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
         idx = epoch_indices(
             len(data.train_y),
             epoch=epoch,
@@ -238,16 +242,16 @@ def fit(
         if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
             val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)
             if val_acc > state.best_val:
-                state.best_val, state.best_epoch, stale = val_acc, epoch, 0
+                state.best_val, state.best_epoch, state.stale = val_acc, epoch, 0
                 if cfg.final_weights == "best":
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                stale += cfg.eval_every
-            last_val = val_acc
+                state.stale += cfg.eval_every
+            state.last_val = val_acc
         # Every report carries every metric (schedulers and searchers need them each time).
-        metrics["val_accuracy"] = last_val
+        metrics["val_accuracy"] = state.last_val
         metrics["best_val_accuracy"] = state.best_val
-        stop_early = cfg.max_epochs_without_gain is not None and stale >= cfg.max_epochs_without_gain
+        stop_early = cfg.max_epochs_without_gain is not None and state.stale >= cfg.max_epochs_without_gain
         # Not "done": Ray Tune reads a reported `done` as "stop this trial now", which
         # would kill the trial before its Train run has shut down.
         metrics["final"] = epoch == cfg.optim.epochs or stop_early
@@ -303,6 +307,8 @@ def _restore(
         best_val=float(train_state["best_val"]),
         best_epoch=int(train_state["best_epoch"]),
         step=int(train_state["step"]),
+        stale=int(train_state.get("stale", 0)),  # absent in checkpoints written before
+        last_val=float(train_state.get("last_val", 0.0)),
     )
 
 

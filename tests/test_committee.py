@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,30 +285,41 @@ def _log_trial(client, exp_id, parent, i, cand, *, status="FINISHED", tags=None,
     return rid
 
 
-@pytest.fixture
-def fake_sweep(tmp_path):
+@pytest.fixture(scope="module")
+def fake_store(tmp_path_factory):
     """A sqlite store with sweep 'fake': 4 finished trials (within ~1 point on validation),
-    one scheduler-stopped trial, one failed trial."""
+    one scheduler-stopped trial, one failed trial. Built once: creating a store is slow."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp_id = client.create_experiment("fake", artifact_location=str(tmp_path / "artifacts"))
+    root = tmp_path_factory.mktemp("fake-store")
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp_id = client.create_experiment("fake", artifact_location=str(root / "artifacts"))
     parent = client.create_run(exp_id, tags={"role": "sweep", "sweep": "fake", "spec_hash": "x"})
     pid = parent.info.run_id
     cands = make_candidates([20, 21, 22, 23, 20])
-    ids = [_log_trial(client, exp_id, pid, i, c, tmp=tmp_path) for i, c in enumerate(cands[:4])]
+    ids = [_log_trial(client, exp_id, pid, i, c, tmp=root) for i, c in enumerate(cands[:4])]
     stopped = _log_trial(client, exp_id, pid, 4, cands[4], status="KILLED",
-                         tags={"stopped_early": "true"}, tmp=tmp_path)  # fmt: skip
+                         tags={"stopped_early": "true"}, tmp=root)  # fmt: skip
     failed = client.create_run(
         exp_id, tags={"role": "trial", "trial_id": "t5", "mlflow.parentRunId": pid}
     ).info.run_id
     client.set_terminated(failed, status="FAILED")
     client.set_terminated(pid, status="FINISHED")
     return {
-        "uri": uri, "client": client, "exp_id": exp_id, "parent": pid, "trials": ids,
-        "stopped": stopped, "failed": failed, "tmp": tmp_path, "cands": cands,
+        "root": root, "exp_id": exp_id, "parent": pid, "trials": ids, "stopped": stopped,
+        "failed": failed, "cands": cands,
     }  # fmt: skip
+
+
+@pytest.fixture
+def fake_sweep(fake_store, tmp_path):
+    """A private copy of the fake store's database (the artifact folder is shared: new runs
+    only add files under their own run ids)."""
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(fake_store["root"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return {**fake_store, "uri": uri, "client": MlflowClient(uri), "tmp": tmp_path}
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

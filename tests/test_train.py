@@ -53,6 +53,16 @@ NO_RANDOMNESS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine every
+    # OpenMP barrier can wait a whole time slice for a descheduled thread: one is steadier.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def config(**flat: Any) -> TrainConfig:
     return TrainConfig().replace(**{**TINY, **flat})
 
@@ -132,10 +142,15 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         rtol=1e-4,
         atol=1e-5,
     )
-    one, two = np.load(tmp_path / "one/final/logits.npz"), np.load(tmp_path / "two/final/logits.npz")
+    one, two = (
+        np.load(tmp_path / "one/final/logits.npz"),
+        np.load(tmp_path / "two/final/logits.npz"),
+    )
     for split in ("val", "test"):
         np.testing.assert_array_equal(one[f"{split}_ids"], two[f"{split}_ids"])
-        np.testing.assert_allclose(one[f"{split}_logits"], two[f"{split}_logits"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            one[f"{split}_logits"], two[f"{split}_logits"], rtol=1e-4, atol=1e-4
+        )
     m1 = json.loads((tmp_path / "one/metrics.json").read_text())["result"]
     m2 = json.loads((tmp_path / "two/metrics.json").read_text())["result"]
     assert m1["test_accuracy"] == pytest.approx(m2["test_accuracy"], abs=1 / 360)
@@ -193,7 +208,10 @@ def test_resume_matches_an_unbroken_run(tmp_path):
 
     assert [m["epoch"] for m in resumed.history] == [3, 4]
     assert_same_weights(
-        tmp_path / "straight/final/checkpoint", tmp_path / "resumed/final/checkpoint", rtol=0, atol=0
+        tmp_path / "straight/final/checkpoint",
+        tmp_path / "resumed/final/checkpoint",
+        rtol=0,
+        atol=0,
     )
     for a, b in zip(straight.history[2:], resumed.history, strict=True):
         for key in ("train_loss", "val_accuracy", "best_val_accuracy", "lr"):
@@ -230,7 +248,9 @@ def test_final_weights_best_reports_the_best_epoch(tmp_path, monkeypatch):
     assert best["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
     assert best["test_accuracy"] > final["test_accuracy"] + 0.2
     # The reported accuracy and the saved weights and logits are those of epoch 2.
-    assert_same_weights(tmp_path / "best/final/checkpoint", tmp_path / "best/epoch2", rtol=0, atol=0)
+    assert_same_weights(
+        tmp_path / "best/final/checkpoint", tmp_path / "best/epoch2", rtol=0, atol=0
+    )
     model, _ = load_model(tmp_path / "best/epoch2")
     data = load_dataset(cfg.data)
     with torch.no_grad():
