@@ -202,7 +202,7 @@ def format_table(report: Report, header: str, how: str) -> str:
     """The printed report: one line per member, then the committee."""
     terms = list(report.diversity)
     head = (
-        f"{'#':>2}  {'run':<12} {'trial':<10} {'variant':<14} {'heads':>5} {'hdim':>4} "
+        f"{'#':>2}  {'run':<12} {'trial':<12} {'variant':<14} {'heads':>5} {'hdim':>4} "
         f"{'embed':>5} {'conv':>4} {'depth':>5} {'val%':>6} {'test%':>6}"
         + "".join(f" {t[:6]:>6}" for t in terms)
     )
@@ -210,7 +210,7 @@ def format_table(report: Report, header: str, how: str) -> str:
     for i, m in enumerate(report.members):
         a = m.arch
         lines.append(
-            f"{i + 1:>2}  {m.run_id[:12]:<12} {str(m.info.get('trial_id', ''))[:10]:<10} "
+            f"{i + 1:>2}  {m.run_id[:12]:<12} {str(m.info.get('trial_id', ''))[-12:]:<12} "
             f"{str(a.get('variant'))[:14]:<14} {_int(a, 'num_heads'):>5} {_int(a, 'head_dim'):>4} "
             f"{_int(a, 'embed_dim'):>5} {_int(a, 'conv_blocks'):>4} {_int(a, 'depth'):>5} "
             f"{_pct(report.member_val[i])} {_pct(report.member_test[i])}"
