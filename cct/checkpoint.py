@@ -79,22 +79,16 @@ def read_description(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "model.json").read_text())
 
 
-def load_model(
-    path: Path, map_location: str | torch.device = "cpu"
-) -> tuple[CCT, dict[str, Any]]:
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[CCT, dict[str, Any]]:
     """Rebuild the model from a checkpoint folder; returns (model in eval mode, description)."""
     description = read_description(path)
     model = CCT(CCTSettings(**description["settings"]))
-    state = torch.load(
-        Path(path) / "model.pt", map_location=map_location, weights_only=True
-    )
+    state = torch.load(Path(path) / "model.pt", map_location=map_location, weights_only=True)
     model.load_state_dict(state)
     return model.eval(), description
 
 
-def load_train_state(
-    path: Path, map_location: str | torch.device = "cpu"
-) -> dict[str, Any] | None:
+def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     f = Path(path) / "train_state.pt"
     if not f.exists():
         return None

@@ -49,9 +49,7 @@ class ModelConfig:
     def overrides(self) -> dict[str, Any]:
         """The fields set explicitly (not None), minus the variant name."""
         return {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if k != "variant" and v is not None
+            k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None
         }
 
 
@@ -168,18 +166,14 @@ def field_types(cls: type) -> dict[str, Any]:
 
 def _build(cls: type, d: Any, prefix: str, errors: list[str]) -> Any:
     if not isinstance(d, dict):
-        errors.append(
-            f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}"
-        )
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
         return cls()
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
         if key not in names:
-            errors.append(
-                f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})"
-            )
+            errors.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
             continue
         t = hints[key]
         if dataclasses.is_dataclass(t):
@@ -189,9 +183,7 @@ def _build(cls: type, d: Any, prefix: str, errors: list[str]) -> Any:
             if problem:
                 errors.append(f"{prefix}{key}: {problem}")
             else:
-                kwargs[key] = (
-                    float(value) if _is_float_type(t) and value is not None else value
-                )
+                kwargs[key] = float(value) if _is_float_type(t) and value is not None else value
     return cls(**kwargs)
 
 
@@ -219,9 +211,7 @@ def check_value(t: Any, value: Any) -> str | None:
     if value is None:
         return "must not be null"
     if t is bool:
-        return (
-            None if isinstance(value, bool) else f"expected true/false, got {value!r}"
-        )
+        return None if isinstance(value, bool) else f"expected true/false, got {value!r}"
     if t is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return None

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cct import dist
 from cct.checkpoint import load_train_state, save_checkpoint, unwrap
-from cct.config import TrainConfig
+from cct.config import ConfigError, TrainConfig
 from cct.data import (
     DeviceAugment,
     DeviceData,
@@ -50,9 +50,7 @@ class Callbacks(Protocol):
 
     def on_start(self, info: dict[str, Any]) -> None: ...
 
-    def on_epoch_end(
-        self, metrics: dict[str, Any], checkpoint: Path | None
-    ) -> None: ...
+    def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None: ...
 
     def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None: ...
 
@@ -108,22 +106,28 @@ def fit(
     callbacks = callbacks or NoCallbacks()
     rank, device = dist.setup(cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    bf16 = cfg.precision == "bf16" or (
-        cfg.precision == "auto" and device.type == "cuda"
-    )
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     data = data or load_dataset(cfg.data, device)
+    per_rank_batch = cfg.optim.batch_size // rank.world_size
+    if per_rank_batch * rank.world_size != cfg.optim.batch_size:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} is not divisible by the world size {rank.world_size}"
+        )
+    steps_per_epoch = len(data.train_y) // cfg.optim.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train_y)} training images"
+        )
     model = build_model(cfg, data).to(device)
     input_shape = (data.in_channels, data.img_size, data.img_size)
 
     # Size and speed before the first epoch, so every report can carry every objective.
     macs = count_macs(model, input_shape)
-    speed = measure_speed(
-        model, input_shape, runs=cfg.latency_runs, bf16=bf16, batch_size=64
-    )
+    speed = measure_speed(model, input_shape, runs=cfg.latency_runs, bf16=bf16, batch_size=64)
     info = {
         "params": count_params(model),
         "macs": macs.without_attn_matmuls,
@@ -159,19 +163,7 @@ def fit(
         train_model = torch.compile(train_model)
 
     augment = DeviceAugment(data.augment, data.num_classes, data.mean, data.std)
-    per_rank_batch = cfg.optim.batch_size // rank.world_size
-    if per_rank_batch * rank.world_size != cfg.optim.batch_size:
-        raise ValueError(
-            f"optim.batch_size={cfg.optim.batch_size} is not divisible by the world size {rank.world_size}"
-        )
-    steps_per_epoch = len(data.train_y) // cfg.optim.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train_y)} training images"
-        )
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     gen = torch.Generator(device=device)
     result: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -204,9 +196,7 @@ def fit(
         t0 = time.perf_counter()
         for batch in idx:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(
-                    state.step, steps_per_epoch=steps_per_epoch, cfg=cfg.optim
-                )
+                group["lr"] = lr_at(state.step, steps_per_epoch=steps_per_epoch, cfg=cfg.optim)
             x, targets = augment(data.train_x[batch], data.train_y[batch], gen)
             with autocast:
                 logits = train_model(x)
@@ -251,14 +241,18 @@ def fit(
         # Every report carries every metric (schedulers and searchers need them each time).
         metrics["val_accuracy"] = state.last_val
         metrics["best_val_accuracy"] = state.best_val
-        stop_early = cfg.max_epochs_without_gain is not None and state.stale >= cfg.max_epochs_without_gain
+        stop_early = (
+            cfg.max_epochs_without_gain is not None and state.stale >= cfg.max_epochs_without_gain
+        )
         # Not "done": Ray Tune reads a reported `done` as "stop this trial now", which
         # would kill the trial before its Train run has shut down.
         metrics["final"] = epoch == cfg.optim.epochs or stop_early
         if metrics["final"]:
             # Final evaluation before the last report, so that report carries test accuracy.
             result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
-            metrics.update(val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"])
+            metrics.update(
+                val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"]
+            )
 
         checkpoint_dir = None
         if rank.is_main:
@@ -293,14 +287,10 @@ def _restore(
     from cct.checkpoint import read_description
 
     desc = read_description(path)
-    model.load_state_dict(
-        torch.load(path / "model.pt", map_location=device, weights_only=True)
-    )
+    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
     train_state = load_train_state(path, device)
     if train_state is None:
-        raise FileNotFoundError(
-            f"{path} holds weights but no train_state.pt: it cannot be resumed"
-        )
+        raise FileNotFoundError(f"{path} holds weights but no train_state.pt: it cannot be resumed")
     optimizer.load_state_dict(train_state["optimizer"])
     return _State(
         epoch=int(desc["epoch"]),
@@ -323,9 +313,7 @@ def predict(
     """Logits (float32) for uint8 images `x`, in their order."""
     model.eval()
     out = []
-    autocast = (
-        torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    )
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for xb, _ in eval_batches(
         x, torch.zeros(len(x), dtype=torch.long, device=x.device), batch_size
     ):
@@ -355,7 +343,9 @@ def evaluate(
     return (counts[0] / counts[1]).item()
 
 
-def _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state) -> dict[str, Any]:
+def _finish(
+    cfg, model, data, rank, bf16, state, objectives, callbacks, best_state
+) -> dict[str, Any]:
     if best_state is not None:
         model.load_state_dict(best_state)
     val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)

@@ -20,9 +20,7 @@ def count_params(model: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class Macs:
-    without_attn_matmuls: (
-        int  # convs and linear layers only (the CCT authors' convention)
-    )
+    without_attn_matmuls: int  # convs and linear layers only (the CCT authors' convention)
     attn_matmuls: int  # Q K^T and A V
 
     @property

@@ -27,9 +27,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def make_optimizer(
-    model: nn.Module, cfg: OptimConfig, device: torch.device
-) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -45,6 +43,4 @@ def lr_at(step: int, *, steps_per_epoch: int, cfg: OptimConfig) -> float:
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (
-        1 + math.cos(math.pi * min(1.0, progress))
-    )
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))

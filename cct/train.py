@@ -25,12 +25,16 @@ EXAMPLE = "python -m cct.train --set data.dataset=digits --set optim.epochs=30"
 class ConsoleCallbacks:
     """Prints progress and keeps files in `out` (rank 0 only)."""
 
-    def __init__(self, out: Path, is_main: bool) -> None:
+    def __init__(self, out: Path, is_main: bool, cfg: TrainConfig) -> None:
         self.out, self.is_main, self.t0 = out, is_main, time.perf_counter()
+        self.cfg = cfg
         self.history: list[dict[str, Any]] = []
 
     def on_start(self, info: dict[str, Any]) -> None:
         if self.is_main:
+            # Written only now, once data and shapes have passed their checks.
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             print(
                 f"model: {info['params']:,} params, {info['macs'] / 1e9:.3f} GMACs "
                 f"({info['macs_with_attn'] / 1e9:.3f} with attention matmuls), "
@@ -79,7 +83,9 @@ def parse_config(config_file: str | None, sets: list[str]) -> TrainConfig:
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"--config {config_file}: not valid YAML ({e})".replace("\n", " "))
+            raise ConfigError(
+                f"--config {config_file}: not valid YAML ({e})".replace("\n", " ")
+            ) from None
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
@@ -99,6 +105,21 @@ def parse_config(config_file: str | None, sets: list[str]) -> TrainConfig:
         **cfg.model.overrides(),
     )
     return cfg
+
+
+def resume_mismatch(cfg: TrainConfig, checkpoint: Path) -> str | None:
+    """Why `cfg` cannot continue `checkpoint` (None if it can). Only the epoch budget may
+    change: anything else would silently train a different run."""
+    from cct.checkpoint import read_description
+    from cct.config import flatten
+
+    old = flatten(read_description(checkpoint)["config"])
+    new = flatten(cfg.to_dict())
+    changed = sorted(k for k in new if k != "optim.epochs" and old.get(k) != new[k])
+    if not changed:
+        return None
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:5])
+    return f"the config differs from the checkpoint's ({shown}); use another --out for a new run"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,14 +146,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: no checkpoint in {resume_from}", file=sys.stderr)
         return 2
 
+    if resume_from is not None:
+        problem = resume_mismatch(cfg, resume_from)
+        if problem:
+            print(f"error: --resume: {problem}", file=sys.stderr)
+            return 2
+
     from cct import dist
 
     rank, _ = dist.setup(cfg.device)
-    if rank.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     try:
-        result = fit(cfg, callbacks=ConsoleCallbacks(out, rank.is_main), resume_from=resume_from)
+        result = fit(
+            cfg, callbacks=ConsoleCallbacks(out, rank.is_main, cfg), resume_from=resume_from
+        )
     except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

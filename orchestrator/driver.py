@@ -42,18 +42,19 @@ class SweepRefused(Exception):
 
 
 def start_ray(address: str | None) -> None:
-    # A fresh local instance unless an address is given: a stale cluster file on the
-    # machine must never make us join a dead or unrelated cluster.
-    ray.init(
-        address=address or "local",
-        # The dashboard (on loopback only) serves the state API that Ray Train's placement
-        # group cleaner needs to free a dead trial's resources.
-        dashboard_host="127.0.0.1",
+    """A fresh local instance unless an address is given: a stale cluster file on the
+    machine must never make us join a dead or unrelated cluster."""
+    common = dict(
         logging_level="WARNING",
         log_to_driver=True,
-        configure_logging=True,
         runtime_env={"env_vars": RAY_ENV},
     )
+    if address is not None:
+        ray.init(address=address, **common)
+        return
+    # The dashboard (loopback only) serves the state API that Ray Train's placement-group
+    # cleaner needs to free the resources of a trial whose controller died.
+    ray.init(address="local", dashboard_host="127.0.0.1", **common)
 
 
 def cluster_checks(spec: SweepSpec, tracking_uri: str) -> None:

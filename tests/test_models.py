@@ -34,7 +34,9 @@ def test_every_variant_trains_one_step(name):
 
 @pytest.mark.parametrize(("name", "classes"), list(GOLDEN_PARAMS))
 def test_golden_parameter_counts(name, classes):
-    assert count_params(cct.create_model(name, num_classes=classes)) == GOLDEN_PARAMS[(name, classes)]
+    assert (
+        count_params(cct.create_model(name, num_classes=classes)) == GOLDEN_PARAMS[(name, classes)]
+    )
 
 
 def test_golden_macs_of_cct_7_3x1_32():

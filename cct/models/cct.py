@@ -55,16 +55,12 @@ class CCT(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, d))
             nn.init.trunc_normal_(self.pos_embed, std=0.2)
         elif s.pos_embedding == "sine":
-            self.register_buffer(
-                "pos_embed", sine_embedding(num_tokens, d), persistent=False
-            )
+            self.register_buffer("pos_embed", sine_embedding(num_tokens, d), persistent=False)
         else:
             self.pos_embed = None
         self.dropout = nn.Dropout(s.dropout)
 
-        rates = torch.linspace(
-            0, s.drop_path, s.depth
-        ).tolist()  # stochastic depth 0 -> max
+        rates = torch.linspace(0, s.drop_path, s.depth).tolist()  # stochastic depth 0 -> max
         blocks: list[nn.Module] = []
         for i in range(s.depth):
             if i < s.conv_blocks:
@@ -90,9 +86,7 @@ class CCT(nn.Module):
                 )
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(d)
-        self.pool_score = nn.Linear(
-            d, 1
-        )  # sequence pooling: softmax-weighted token average
+        self.pool_score = nn.Linear(d, 1)  # sequence pooling: softmax-weighted token average
         self.head = nn.Linear(d, s.num_classes)
         self.apply(_init_weights)
 
@@ -133,9 +127,7 @@ class CCT(nn.Module):
         return self.head(self.pool(self.run_blocks(self.embed(x))))
 
     @torch.no_grad()
-    def internals(
-        self, x: torch.Tensor, upto: int | None = None
-    ) -> list[dict[str, torch.Tensor]]:
+    def internals(self, x: torch.Tensor, upto: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Per-block internals for analysis, computed by the same forward as training.
 
         Transformer block i gives `heads` (B, N, H, dh) — the per-head outputs before the

@@ -42,9 +42,7 @@ class Tokenizer(nn.Module):
         widths = [in_channels] + [mid_channels] * (layers - 1) + [embed_dim]
         self.stages = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(
-                    widths[i], widths[i + 1], kernel, stride, padding, bias=False
-                ),
+                nn.Conv2d(widths[i], widths[i + 1], kernel, stride, padding, bias=False),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
             )
@@ -68,25 +66,19 @@ class Tokenizer(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention whose width H*dh is independent of the stream width d."""
 
-    def __init__(
-        self, *, dim: int, num_heads: int, head_dim: int, attn_dropout: float
-    ) -> None:
+    def __init__(self, *, dim: int, num_heads: int, head_dim: int, attn_dropout: float) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.proj = nn.Linear(inner, dim)
         self.attn_dropout = attn_dropout
-        self.fused = (
-            True  # False: the explicit-matmul reference path (tests, benchmarks)
-        )
+        self.fused = True  # False: the explicit-matmul reference path (tests, benchmarks)
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         H, dh = self.num_heads, self.head_dim
-        qkv = (
-            self.qkv(x).view(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)
-        )  # (3, B, H, N, dh)
+        qkv = self.qkv(x).view(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, dh)
         q, k, v = qkv.unbind(0)
         p = self.attn_dropout if self.training else 0.0
         if self.fused:
@@ -146,9 +138,7 @@ class TransformerBlock(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
-        x = x + drop_path(
-            self.attn(self.pre_norm(x), taps), self.drop_path, self.training
-        )
+        x = x + drop_path(self.attn(self.pre_norm(x), taps), self.drop_path, self.training)
         x = self.norm1(x)
         ff = self.mlp(x)
         if taps is not None:
@@ -174,9 +164,7 @@ class ConvBlock(nn.Module):
         if norm == "batch":
             self.norm: nn.Module = nn.BatchNorm2d(dim)
         elif norm == "group":
-            self.norm = nn.GroupNorm(
-                1, dim
-            )  # batch-independent: one group over (d, h, w)
+            self.norm = nn.GroupNorm(1, dim)  # batch-independent: one group over (d, h, w)
         else:
             self.norm = nn.Identity()
         self.act = nn.ReLU(inplace=True) if act == "relu" else nn.GELU()

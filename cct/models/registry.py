@@ -59,9 +59,7 @@ def resolve_settings(
 ) -> CCTSettings:
     """Variant defaults + overrides -> concrete settings. Raises ConfigError naming the value."""
     if name not in VARIANTS:
-        raise ConfigError(
-            f"unknown model variant {name!r} (known: {', '.join(variant_names())})"
-        )
+        raise ConfigError(f"unknown model variant {name!r} (known: {', '.join(variant_names())})")
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise ConfigError(
@@ -78,9 +76,7 @@ def resolve_settings(
     # Attention width: an explicit head_dim wins; else attn_dim / heads; else embed_dim / heads.
     if head_dim is None:
         head_dim = (attn_dim or s["embed_dim"]) // s["num_heads"]
-    settings = CCTSettings(
-        num_classes=num_classes, in_channels=in_channels, head_dim=head_dim, **s
-    )
+    settings = CCTSettings(num_classes=num_classes, in_channels=in_channels, head_dim=head_dim, **s)
     _check_grid(name, settings)
     return settings
 
