@@ -35,6 +35,9 @@ TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers 
 # waits for that poll: with one report per epoch, short epochs would spend most of their
 # time waiting. A quicker poll costs the controller next to nothing.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# On a local instance nothing is preempted, and every helper actor is one more Python
+# process to start per trial on a laptop's few cores.
+LOCAL_RAY_ENV = {**RAY_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class SweepRefused(Exception):
@@ -44,17 +47,18 @@ class SweepRefused(Exception):
 def start_ray(address: str | None) -> None:
     """A fresh local instance unless an address is given: a stale cluster file on the
     machine must never make us join a dead or unrelated cluster."""
-    common = dict(
-        logging_level="WARNING",
-        log_to_driver=True,
-        runtime_env={"env_vars": RAY_ENV},
-    )
     if address is not None:
-        ray.init(address=address, **common)
+        ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": RAY_ENV})
         return
-    # The dashboard (loopback only) serves the state API that Ray Train's placement-group
-    # cleaner needs to free the resources of a trial whose controller died.
-    ray.init(address="local", dashboard_host="127.0.0.1", **common)
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={
+            "env_vars": LOCAL_RAY_ENV,
+            "worker_process_setup_hook": "orchestrator.ray_hooks.quiet_worker_logs",
+        },
+    )
 
 
 def cluster_checks(spec: SweepSpec, tracking_uri: str) -> None:
