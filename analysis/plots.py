@@ -4,6 +4,7 @@ readout accuracy and SNR against block index. Matplotlib's Agg backend: no displ
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def plot_unit_matrices(
     n = len(shown)
     cols = math.ceil(math.sqrt(n)) if n else 1
     rows = math.ceil(n / cols) if n else 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.6), squeeze=False)
+    # At least ~5 inches wide so the title fits when there are only one or two units.
+    width = max(2.2 * cols, 5.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.2 * rows + 0.6), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -42,7 +45,7 @@ def plot_unit_matrices(
             ax.imshow(shown[k], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(f"{unit_name} {k}", fontsize=8)
     more = f" (first {max_units} of {len(matrices)})" if len(matrices) > max_units else ""
-    fig.suptitle(title + more, fontsize=10)
+    fig.suptitle(textwrap.fill(title + more, width=int(width * 12)), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
