@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # None means "the variant's own value" (see cct/registry.py).
+    # None means "the variant's own value" (see cct/models/registry.py).
     variant: str = "cct_7_3x1_32"
     num_heads: int | None = None
     head_dim: int | None = None
@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    # None means "the dataset's default" (see cct/data/registry.py).
+    # None means "the dataset's default" (see DATASETS in cct/data/sources.py).
     crop_padding: int | None = None
     flip: bool | None = None
     mixup: float | None = None

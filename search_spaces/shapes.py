@@ -13,7 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cct.config import ConfigError, TrainConfig, flatten
+from cct.config import ConfigError, DataConfig, TrainConfig, flatten
+from cct.data.shapes import dataset_shape as cct_dataset_shape
 from cct.models.registry import resolve_settings
 from search_spaces.spec import Domain
 
@@ -23,19 +24,14 @@ DATA_SHAPE_KEYS = ("data.dataset", "data.img_size", "data.synthetic_classes", "d
 
 
 def dataset_shape(data: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(classes, channels, image size) of a dataset, from flat `data.*` values.
-
-    A small table of our own, so validation does not have to load any data."""
-    name, img_size = data["data.dataset"], data["data.img_size"]
-    table = {
-        "digits": (10, 1, 8),
-        "synthetic": (data["data.synthetic_classes"], 3, data["data.synthetic_size"]),
-        "cifar10": (10, 3, 32),
-        "cifar100": (100, 3, 32),
-        "flowers102": (102, 3, 224),
-    }
-    classes, channels, native = table[name]
-    return classes, channels, img_size or native
+    """(classes, channels, image size) from flat `data.*` values, without loading data."""
+    cfg = DataConfig(
+        dataset=data["data.dataset"],
+        img_size=data["data.img_size"],
+        synthetic_classes=data["data.synthetic_classes"],
+        synthetic_size=data["data.synthetic_size"],
+    )
+    return cct_dataset_shape(cfg)
 
 
 def _shape_keys(key: str) -> bool:
