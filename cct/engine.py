@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cct import dist
-from cct.checkpoint import load_train_state, save_checkpoint, unwrap
+from cct.checkpoint import load_train_state, read_description, save_checkpoint, unwrap
 from cct.config import ConfigError, TrainConfig
 from cct.data import (
     DeviceAugment,
@@ -276,16 +276,30 @@ def fit(
         if stop_early:
             break
 
-    if result is None:  # resumed from the checkpoint of the last epoch
+    if result is None:
+        # Resumed from the last epoch's checkpoint: the run may have died after saving it
+        # but before its report reached anyone (a sweep driver killed at that moment).
+        # Finish, and report that last epoch again, final figures included; trackers skip
+        # what they already logged.
         result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
+        last = read_description(Path(resume_from))["metrics"] if resume_from else {}
+        callbacks.on_epoch_end(
+            {
+                **last,
+                **objectives,
+                "epoch": state.epoch,
+                "final": True,
+                "val_accuracy": result["val_accuracy"],
+                "test_accuracy": result["test_accuracy"],
+            },
+            None,
+        )
     return result
 
 
 def _restore(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> _State:
-    from cct.checkpoint import read_description
-
     desc = read_description(path)
     model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
     train_state = load_train_state(path, device)

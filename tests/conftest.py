@@ -95,6 +95,11 @@ def sweep(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
     before_resume = _checkpoints(root)
+    finished_before = {
+        f.parent.name.removeprefix("trial-")
+        for f in root.glob("ray_results/e2e-*/trial-*/result.json")
+        if "test_accuracy" in f.read_text()
+    }
     # 3. the same command again resumes the sweep
     proc = _start(root, log)
     try:
@@ -102,7 +107,12 @@ def sweep(tmp_path_factory):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    return {"root": root, "log": log.read_text(), "before_resume": before_resume}
+    return {
+        "root": root,
+        "log": log.read_text(),
+        "before_resume": before_resume,
+        "finished_before": finished_before,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -382,3 +382,27 @@ def test_small_cct_reaches_96_percent_on_digits():
     )
     result = fit(cfg)
     assert result["test_accuracy"] >= 0.96, result
+
+
+class ReportLog(NoCallbacks):
+    def __init__(self) -> None:
+        self.history: list[tuple[dict[str, Any], Path | None]] = []
+
+    def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.history.append((metrics, checkpoint))
+
+
+def test_resume_from_the_last_checkpoint_reports_the_final_epoch_again(tmp_path):
+    # A sweep driver killed after the last checkpoint was saved but before its report
+    # arrived: the resumed run must deliver that final report (with test accuracy).
+    cfg = config(**{"optim.epochs": 2})
+    straight = Recorder(tmp_path / "straight")
+    fit(cfg, callbacks=straight)
+    again = ReportLog()
+    result = fit(cfg, callbacks=again, resume_from=tmp_path / "straight" / "epoch2")
+    assert len(again.history) == 1
+    metrics, checkpoint = again.history[0]
+    assert checkpoint is None
+    assert metrics["epoch"] == 2 and metrics["final"] is True
+    assert metrics["test_accuracy"] == result["test_accuracy"] == straight.result["test_accuracy"]
+    assert metrics["train_loss"] == straight.history[-1]["train_loss"]
