@@ -38,7 +38,7 @@ from analysis.readout import FaithfulRecipe
 from cct.checkpoint import load_model
 from cct.config import TrainConfig
 from cct.data import DeviceAugment, load_dataset
-from cct.engine import build_model, fit, soft_cross_entropy
+from cct.engine import NoCallbacks, build_model, fit, soft_cross_entropy
 from cct.optim import make_optimizer
 
 FULL_TRAIN, FULL_HELDOUT, EPOCHS = 50_000, 10_000, 300
@@ -153,17 +153,11 @@ def time_faithful_steps(model, data, out: Path, steps: int) -> dict:
     }
 
 
-class _KeepModel:
+class _KeepModel(NoCallbacks):
     """fit() callbacks that keep the final model (fit returns metrics only)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.model = device, None
-
-    def on_start(self, info: dict) -> None:
-        pass
-
-    def on_epoch_end(self, metrics: dict, checkpoint: Path | None) -> None:
-        pass
 
     def on_end(self, result: dict, artifacts: Path | None) -> None:
         if artifacts is not None:

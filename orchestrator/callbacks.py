@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from orchestrator.tracking import set_status
+from orchestrator.tracking import find_trial_run, set_status
 
 
 class MlflowStatusCallback(Callback):
@@ -17,15 +17,10 @@ class MlflowStatusCallback(Callback):
         )
 
     def _run_id(self, trial_id: str) -> str | None:
-        runs = MlflowClient(self.tracking_uri).search_runs(
-            [self.experiment_id],
-            filter_string=(
-                f"tags.trial_id = '{trial_id}'"
-                f" and tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
-            ),
-            max_results=1,
+        run = find_trial_run(
+            MlflowClient(self.tracking_uri), self.experiment_id, self.parent_run_id, trial_id
         )
-        return runs[0].info.run_id if runs else None
+        return run.info.run_id if run else None
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_id(trial.trial_id)

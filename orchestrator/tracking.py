@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cct.config import flatten
@@ -75,18 +76,11 @@ def child_run(
     tags: dict[str, str],
 ) -> str:
     """The run of `trial_id` under `parent_run_id`: found again on resume, else created."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-        ),
-        max_results=1,
-    )
-    if runs:
-        run_id = runs[0].info.run_id
-        if runs[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        return run_id
+    found = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if found is not None:
+        if found.info.status != "RUNNING":
+            client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
     run = client.create_run(
         experiment_id,
         run_name=f"trial-{trial_id}",
@@ -101,19 +95,23 @@ def child_run(
     return run.info.run_id
 
 
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
+    """The child run of `trial_id` under `parent_run_id`, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        ),
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     flat = flatten(params)
     items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
     for i in range(0, len(items), MAX_BATCH):
         client.log_batch(run_id, params=items[i : i + MAX_BATCH])
-
-
-def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.role = '{TRIAL_ROLE}'",
-        max_results=10_000,
-    )
 
 
 def set_status(client: MlflowClient, run_id: str, status: str) -> None:
@@ -210,8 +208,6 @@ class RunTracker(NullTracker):
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -236,21 +232,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def mark_status(tracking_uri: str, run_id: str, status: str) -> None:
-    set_status(MlflowClient(tracking_uri), run_id, status)
-
-
 __all__ = [
-    "RunStatus",
     "NullTracker",
     "RunTracker",
     "child_run",
     "create_parent_run",
     "default_tracking_uri",
+    "find_trial_run",
     "ensure_experiment",
     "latest_parent_run",
     "library_versions",
-    "mark_status",
     "set_status",
-    "trial_runs",
 ]
