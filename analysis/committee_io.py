@@ -8,6 +8,7 @@ CommitteeError naming the run, so the CLI can answer with one line and exit 2.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,12 @@ LOGITS_KEYS = (
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
-    """The sweep's default store: mlflow.db in the current folder, as an absolute URI
-    (the same rule as orchestrator.tracking, which analysis may not import)."""
+    """The store every command uses unless told otherwise: $MLFLOW_TRACKING_URI (set on a
+    cluster's head by ray_cluster.yaml), else mlflow.db in the current folder as an absolute
+    URI. The one copy of this rule: the orchestrator imports it from here."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
     return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 

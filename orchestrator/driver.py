@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ray import tune
 
 from cct.checkpoint import git_commit
 from orchestrator.callbacks import MlflowStatusCallback
+from orchestrator.cluster import cluster_problems
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
 from orchestrator.summary import print_summary, summarize
 from orchestrator.tracking import (
@@ -26,7 +26,7 @@ from orchestrator.tracking import (
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
-from search_spaces import SweepSpec, check_resources
+from search_spaces import SweepSpec
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers hold the CPUs
 
@@ -59,28 +59,6 @@ def start_ray(address: str | None) -> None:
             "worker_process_setup_hook": "orchestrator.ray_hooks.quiet_worker_logs",
         },
     )
-
-
-def cluster_checks(spec: SweepSpec, tracking_uri: str) -> None:
-    res = ray.cluster_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    errors = check_resources(
-        spec, cpus=res.get("CPU", 0), gpus=res.get("GPU", 0), where="the Ray cluster"
-    )
-    if len(nodes) > 1:
-        if is_local_store(tracking_uri):
-            errors.append(
-                f"tracking.tracking_uri={tracking_uri}: a local store cannot be shared by "
-                f"{len(nodes)} nodes; use an MLflow server (http://<head private ip>:5000)"
-            )
-        if "://" not in spec.storage_path and not os.environ.get("CCT_SHARED_STORAGE"):
-            errors.append(
-                f"storage_path={spec.storage_path}: on a {len(nodes)}-node cluster results "
-                "must go to shared storage: an object-store URI (s3://, gs://) or a path "
-                "mounted on every node (then set CCT_SHARED_STORAGE=1 to confirm)"
-            )
-    if errors:
-        raise SweepRefused("; ".join(errors))
 
 
 def max_concurrent(spec: SweepSpec) -> int:
@@ -137,22 +115,25 @@ def open_parent_run(
 def run_sweep(
     spec: SweepSpec, *, tracking_uri: str, address: str | None, resume: bool, fresh: bool
 ) -> int:
-    # MLflow first, in this one process: several processes creating a new sqlite store
-    # at once crash, and every trial must find the experiment and parent run ready.
-    client = MlflowClient(tracking_uri)
-    artifact_root = Path.cwd() / "mlartifacts" if is_local_store(tracking_uri) else None
-    experiment_id = ensure_experiment(client, spec.experiment, artifact_root)
-    parent_run_id, ray_experiment, resumed = open_parent_run(
-        client, experiment_id, spec, resume=resume, fresh=fresh
-    )
-    print(
-        f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
-        f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
-        flush=True,
-    )
+    # The cluster first: a sweep it cannot run is refused before anything is written.
     start_ray(address)
     try:
-        cluster_checks(spec, tracking_uri)
+        problems = cluster_problems(spec, tracking_uri)
+        if problems:
+            raise SweepRefused("; ".join(problems))
+        # Then MLflow, in this one process: several processes creating a new sqlite store
+        # at once crash, and every trial must find the experiment and parent run ready.
+        client = MlflowClient(tracking_uri)
+        artifact_root = Path.cwd() / "mlartifacts" if is_local_store(tracking_uri) else None
+        experiment_id = ensure_experiment(client, spec.experiment, artifact_root)
+        parent_run_id, ray_experiment, resumed = open_parent_run(
+            client, experiment_id, spec, resume=resume, fresh=fresh
+        )
+        print(
+            f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
+            f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
+            flush=True,
+        )
         ctx = SweepContext(
             spec=spec,
             tracking_uri=tracking_uri,

@@ -12,6 +12,12 @@ EPILOG = """examples:
   python -m orchestrator.sweep --dry-run                # validate and print the trial plan
   python -m orchestrator.sweep --config search_spaces/cifar100_lsmha.yaml --address auto
   python -m orchestrator.sweep --set optim.epochs=30 --fresh
+
+environment (ray_cluster.yaml sets both on the head node):
+  MLFLOW_TRACKING_URI   MLflow store when the sweep file has no tracking.tracking_uri
+                        (default: sqlite:///<cwd>/mlflow.db)
+  CCT_STORAGE_PATH      Ray results and checkpoints when the file has no storage_path
+                        (default: <cwd>/ray_results)
 """
 
 
@@ -47,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     from search_spaces import SpecError, check_resources, format_plan, load_spec
 
     try:
-        spec = load_spec(args.config, args.set)
+        spec = load_spec(
+            args.config, args.set, default_storage=os.environ.get("CCT_STORAGE_PATH") or None
+        )
     except SpecError as e:
         return fail(*e.errors)
 
     from orchestrator.tracking import default_tracking_uri
 
-    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
+    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()  # $MLFLOW_TRACKING_URI
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         import torch

@@ -17,16 +17,12 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from analysis.committee_io import default_tracking_uri
 from cct.config import flatten
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
-
-
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """The sqlite store in the folder the command was started from, as an absolute URI."""
-    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def is_local_store(uri: str) -> bool:
@@ -138,6 +134,9 @@ class NullTracker:
     def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
         pass
 
+    def log_attempt(self, first_epoch: int, node_id: str) -> None:
+        pass
+
 
 class RunTracker(NullTracker):
     """Rank 0's writer to the trial's child run. Idempotent on resume: an epoch whose
@@ -196,6 +195,17 @@ class RunTracker(NullTracker):
 
     def log_folder(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_attempt(self, first_epoch: int, node_id: str) -> None:
+        """One point per (re)start of the trial's workers: the first epoch it trained and,
+        as a tag, the Ray node of rank 0. A restart after a lost worker or node shows up as
+        a second point whose epoch continues from the checkpoint instead of starting at 1."""
+        attempt = len(self.client.get_metric_history(self.run_id, "attempt_first_epoch"))
+        self.client.log_batch(
+            self.run_id,
+            metrics=_metrics({"attempt_first_epoch": first_epoch}, step=attempt),
+            tags=[RunTag("ray_node_id", node_id)],
+        )
 
     def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
         ms = [

@@ -14,13 +14,14 @@ from ray.train import Checkpoint
 
 from cct.config import TrainConfig
 from cct.engine import fit
+from orchestrator.cluster import this_node_id
 from orchestrator.tracking import NullTracker, RunTracker
 
 
 class RayCallbacks:
     def __init__(self, tracker: NullTracker, analysis: dict[str, Any] | None) -> None:
         self.tracker, self.analysis = tracker, analysis
-        self.model = None
+        self.first_epoch: int | None = None
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.tracker.log_start(info)
@@ -28,6 +29,9 @@ class RayCallbacks:
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the
         # tracker skips it (already logged) instead of leaving a gap.
+        if self.first_epoch is None:
+            self.first_epoch = int(metrics["epoch"])
+            self.tracker.log_attempt(self.first_epoch, this_node_id())
         self.tracker.log_epoch(metrics)
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         ray.train.report(

@@ -160,11 +160,14 @@ def packaged_spec(name: str) -> Path:
     return Path(str(resources.files("search_spaces") / f"{name}.yaml"))
 
 
-def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepSpec:
+def load_spec(
+    path: str | Path | None, overrides: Sequence[str] = (), *, default_storage: str | None = None
+) -> SweepSpec:
     """Read, override (`--set dotted.key=value`) and validate a sweep file.
 
     None means the packaged quickstart; a bare name such as "cifar100_lsmha" that is not a
     file means the packaged file of that name. Raises SpecError listing every problem.
+    `default_storage` replaces <cwd>/ray_results when the file names no storage_path.
     Writes nothing.
     """
     from search_spaces.validate import apply_overrides, build_spec, read_yaml
@@ -172,7 +175,7 @@ def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepSp
     path = _locate(path)
     raw = read_yaml(path)  # raises SpecError for a missing, empty or unparsable file
     raw = apply_overrides(raw, overrides)  # raises SpecError for malformed --set
-    spec = build_spec(raw, source=str(path), cwd=Path.cwd())
+    spec = build_spec(raw, source=str(path), cwd=Path.cwd(), default_storage=default_storage)
     return dataclasses.replace(spec, hash=spec_hash(spec))
 
 

@@ -243,8 +243,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 # sections
 
 
-def build_spec(raw: Mapping[str, Any], *, source: str, cwd: Path) -> SweepSpec:
-    """Validate every section and their combinations; SpecError lists all problems."""
+def build_spec(
+    raw: Mapping[str, Any], *, source: str, cwd: Path, default_storage: str | None = None
+) -> SweepSpec:
+    """Validate every section and their combinations; SpecError lists all problems.
+    `default_storage` is where results go when the file names no storage_path (else
+    <cwd>/ray_results)."""
     errors: list[str] = []
     errors += [_unknown(str(k), TOP_KEYS) for k in raw if k not in TOP_KEYS]
     top_level_ok = not errors  # a misspelt section would make the others look empty
@@ -261,7 +265,7 @@ def build_spec(raw: Mapping[str, Any], *, source: str, cwd: Path) -> SweepSpec:
     tune = _parse_tune(raw.get("tune"), base, epochs, errors)
     resources = _parse_resources(raw.get("resources"), errors)
     tracking = _parse_tracking(raw.get("tracking"), errors)
-    storage_path = _parse_storage_path(raw.get("storage_path"), cwd, errors)
+    storage_path = _parse_storage_path(raw.get("storage_path", default_storage), cwd, errors)
     keep = _scalar(raw, "keep_checkpoints", int, 2, _at_least(1), errors)
     analysis = _parse_analysis(raw.get("analysis"), errors)
 

@@ -55,6 +55,12 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> N
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def local_env() -> dict[str, str]:
+    """This environment without what would point a sweep at a cluster or another store."""
+    drop = {"RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CCT_STORAGE_PATH"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def _start(cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"],
@@ -62,7 +68,7 @@ def _start(cwd: Path, log: Path) -> subprocess.Popen:
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: killing it takes Ray down too
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env=local_env(),
     )
 
 

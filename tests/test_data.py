@@ -353,3 +353,26 @@ def test_eval_batches_fixed_order_with_short_tail():
     assert [len(b[1]) for b in got] == [4, 4, 2]
     assert torch.equal(torch.cat([b[1] for b in got]), y)
     assert torch.equal(torch.cat([b[0] for b in got]), x)
+
+
+# --------------------------------------------------------------------------------------
+# python -m cct.data: fetch and verify ahead of trials (cluster node setup)
+
+
+def test_fetch_cli_verifies_a_local_copy(tmp_path, monkeypatch, capsys):
+    from cct.data.__main__ import main
+
+    write_cifar(tmp_path, c100=True)
+    trust(monkeypatch, tmp_path)
+    assert main(["cifar100", "--root", str(tmp_path), "--no-download"]) == 0
+    assert "cifar100: train 6, test 6 images" in capsys.readouterr().out
+
+
+def test_fetch_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from cct.data.__main__ import main
+
+    assert main(["cifar100", "--root", str(tmp_path), "--no-download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cifar100: not found under") and "\n" not in err
+    assert main(["imagenet"]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err

@@ -1,12 +1,13 @@
 """The sweep command's front door: bad input exits 2 with one line per error and writes
 nothing; --dry-run prints the plan without starting Ray."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import local_env
 
 GOOD = """
 name: cli
@@ -20,14 +21,14 @@ tune: {searcher: grid}
 """
 
 
-def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env={**local_env(), **(env or {})},
     )
 
 
@@ -80,3 +81,17 @@ def test_quickstart_is_the_default(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Sweep 'quickstart'" in proc.stdout
     assert "Trials (4)" in proc.stdout
+
+
+def test_cluster_environment_sets_store_and_storage_unless_the_file_does(tmp_path):
+    # ray_cluster.yaml exports both on the head; the sweep file still wins when it names them.
+    cluster = {"MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "CCT_STORAGE_PATH": "s3://b/rr"}
+    proc = run(tmp_path, "--dry-run", env=cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert "in http://10.0.0.5:5000" in proc.stdout and "Ray results    s3://b/rr" in proc.stdout
+    (tmp_path / "sweep.yaml").write_text(
+        GOOD + "storage_path: /srv/results\ntracking: {tracking_uri: 'http://10.0.0.9:5000'}\n"
+    )
+    proc = run(tmp_path, "--config", "sweep.yaml", "--dry-run", env=cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert "in http://10.0.0.9:5000" in proc.stdout and "Ray results    /srv/results" in proc.stdout

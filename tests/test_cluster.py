@@ -1,0 +1,264 @@
+"""The multi-node path, simulated on this machine with the same code as on a cloud cluster.
+
+`ray.cluster_utils.Cluster` starts a head and three worker nodes, each worker declaring one
+logical GPU (torch is the CPU build: Ray Train picks the gloo backend and the trainer runs
+on the CPU underneath). MLflow is a real `mlflow server` process on loopback, reached over
+HTTP as on the cloud; results go to a storage path every node sees. The sweep runs as a
+user runs it (`python -m orchestrator.sweep --address ...`, the tracking URI and storage
+from the environment, as ray_cluster.yaml sets them on the head).
+
+While it runs, the node hosting one trial's rank 0 is removed after that trial has
+checkpointed: the trial must continue from the checkpoint on the spare node and finish, and
+MLflow must show it once, with one value per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import local_env
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 30
+SWEEP = f"""
+name: multinode
+base:
+  model: {{variant: cct_2_3x2_32, tokenizer_layers: 1, depth: 2, embed_dim: 32,
+          conv_blocks: 0, attn_dropout: 0.0, drop_path: 0.0}}
+  data: {{dataset: digits}}
+  optim: {{epochs: {EPOCHS}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
+  latency_runs: 10
+search:
+  model.num_heads: {{choice: [2, 4]}}
+tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
+resources: {{workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 1,
+             max_concurrent_trials: 2}}
+analysis: {{blocks: none}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on loopback with a database backend and proxied artifacts, as the
+    head node of ray_cluster.yaml runs it (there on the private address)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _healthy(url), 180, "the MLflow server", proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from ray.cluster_utils import Cluster
+
+    def start() -> tuple[Cluster, list]:
+        cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
+        )
+        try:
+            # Three one-GPU nodes for two one-GPU trials: one spare to restart on after a loss.
+            workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(3)]
+            cluster.wait_for_nodes(timeout=120)
+        except Exception:
+            cluster.shutdown()
+            raise
+        return cluster, workers
+
+    try:
+        cluster, workers = start()
+    except Exception:  # Ray waits a fixed 30 s for each raylet; a busy machine may need two
+        cluster, workers = start()
+    try:
+        yield cluster, workers
+    finally:
+        cluster.shutdown()
+
+
+def _sweep_env(tracking_uri: str, storage: Path) -> dict[str, str]:
+    return {**local_env(), "MLFLOW_TRACKING_URI": tracking_uri, "CCT_STORAGE_PATH": str(storage)}
+
+
+def _client(url: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(url)
+
+
+def _trial_runs(url: str, experiment: str) -> list:
+    client = _client(url)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=50)
+
+
+def _checkpoints(storage: Path, trial_id: str) -> int:
+    return len(list(storage.glob(f"*-train/train-{trial_id}/checkpoint_*")))
+
+
+@pytest.fixture(scope="module")
+def multinode_sweep(ray_cluster, mlflow_server, tmp_path_factory):
+    cluster, workers = ray_cluster
+    root = tmp_path_factory.mktemp("multinode")
+    storage = root / "shared"  # every simulated node sees this path, as with a mounted FS
+    (root / "sweep.yaml").write_text(SWEEP)
+    log = root / "sweep.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml",
+         "--address", cluster.address],
+        cwd=root, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=_sweep_env(mlflow_server, storage),
+    )  # fmt: skip
+    removed = {}
+    try:
+        # Both trials running, on two different nodes.
+        def running_on_two_nodes():
+            runs = _trial_runs(mlflow_server, "multinode")
+            nodes = {r.data.tags.get("ray_node_id") for r in runs} - {None}
+            return runs if len(runs) == 2 and len(nodes) == 2 else None
+
+        runs = _wait_for(running_on_two_nodes, 300, "two trials on two nodes", proc)
+        first_nodes = {r.data.tags["trial_id"]: r.data.tags["ray_node_id"] for r in runs}
+
+        # One of them has checkpointed twice: take its rank 0's node away.
+        def checkpointed():
+            done = [t for t in first_nodes if _checkpoints(storage, t) >= 2]
+            return done[0] if done else None
+
+        victim = _wait_for(checkpointed, 300, "a trial with 2 checkpoints", proc)
+        node = next(w for w in workers if w.node_id == first_nodes[victim])
+        removed = {
+            "trial_id": victim,
+            "node_id": node.node_id,
+            "checkpoints_before": _checkpoints(storage, victim),
+        }
+        cluster.remove_node(node, allow_graceful=False)
+        assert proc.wait(600) == 0, log.read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return {
+        "root": root,
+        "storage": storage,
+        "log": log.read_text(),
+        "first_nodes": first_nodes,
+        "removed": removed,
+    }
+
+
+def test_trials_ran_on_different_nodes(multinode_sweep):
+    assert len(set(multinode_sweep["first_nodes"].values())) == 2
+    assert "Best trials of sweep 'multinode' (2 finished, 0 errored)" in multinode_sweep["log"]
+
+
+def test_lost_node_trial_continued_from_its_checkpoint(multinode_sweep, mlflow_server):
+    removed = multinode_sweep["removed"]
+    client = _client(mlflow_server)
+    run = next(
+        r
+        for r in _trial_runs(mlflow_server, "multinode")
+        if r.data.tags["trial_id"] == removed["trial_id"]
+    )
+    assert run.info.status == "FINISHED"
+    assert "test_accuracy" in run.data.metrics
+    # It restarted on another node, and that attempt began after the checkpointed epochs.
+    assert run.data.tags["ray_node_id"] != removed["node_id"]
+    starts = [m.value for m in client.get_metric_history(run.info.run_id, "attempt_first_epoch")]
+    assert starts[0] == 1
+    assert len(starts) >= 2
+    assert starts[-1] > removed["checkpoints_before"] >= 2
+    assert starts[-1] <= EPOCHS
+
+
+def test_every_epoch_logged_once_over_http(multinode_sweep, mlflow_server):
+    client = _client(mlflow_server)
+    runs = _trial_runs(mlflow_server, "multinode")
+    assert len(runs) == 2  # the restarted trial was not duplicated
+    for run in runs:
+        for key in ("train_loss", "val_accuracy"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"checkpoint", "logits"} <= artifacts
+
+
+def test_committee_reads_members_over_http(multinode_sweep, mlflow_server, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis.committee", "--experiment", "multinode",
+         "--tolerance", "100", "--size", "2", "--out", str(tmp_path / "committee")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=_sweep_env(mlflow_server, multinode_sweep["storage"]),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "committee" / "committee.json").read_text())
+    assert len(report["members"]) == 2
+
+
+def test_local_store_refused_on_many_nodes(ray_cluster, tmp_path):
+    cluster, _ = ray_cluster
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    env = _sweep_env("", tmp_path / "shared")
+    del env["MLFLOW_TRACKING_URI"]
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml",
+         "--address", cluster.address],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out.stderr
+    assert "tracking.tracking_uri=sqlite:///" in lines[0]
+    assert "MLFLOW_TRACKING_URI" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was written

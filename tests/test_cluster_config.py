@@ -1,0 +1,111 @@
+"""ray_cluster.yaml: Ray's own validation accepts it, and it keeps its security promises
+(token authentication on, the token and credentials never in the repository, nothing
+listening on a public interface). Also the storage probe the driver runs on a multi-node
+cluster, with the nodes' answers given."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cluster import nodes_not_seeing
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+
+
+def _commands(config: dict, *keys: str) -> str:
+    return "\n".join(cmd for key in keys for cmd in config.get(key, []))
+
+
+def test_ray_validates_the_cluster_file(config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(config)
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    gpu = [t for name, t in types.items() if name != prepared["head_node_type"]]
+    assert len(gpu) == 1 and gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1
+    assert head["node_config"]["InstanceType"].startswith(("m", "c", "r"))  # a CPU head
+    assert prepared["provider"]["type"] == "aws"
+
+
+def test_token_auth_is_on_everywhere_and_the_token_is_only_copied(config):
+    assert "export RAY_AUTH_MODE=token" in _commands(config, "setup_commands")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for cmd in config[key]:
+            if "ray start" in cmd or "ray stop" in cmd:
+                assert "source ~/.cct_env" in cmd, (key, cmd)
+    # The token reaches the nodes from the user's home, never from this repository.
+    mounts = config["file_mounts"]
+    assert mounts["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert not any((ROOT / p).exists() for p in ("auth_token", ".ray/auth_token"))
+
+
+def test_nothing_listens_on_a_public_interface(config):
+    head = _commands(config, "head_start_ray_commands")
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head
+    mlflow = next(c for c in config["head_start_ray_commands"] if "nohup mlflow server" in c)
+    # the private address (hostname -I) and loopback only
+    assert re.search(r"--host \"\$\(hostname -I", mlflow)
+    assert "--bind 127.0.0.1:5000" in mlflow
+    assert '--backend-store-uri "sqlite:///' in mlflow  # a database backend
+    assert "--artifacts-destination" in mlflow
+
+
+def test_the_project_runs_on_every_node_with_cuda_torch(config):
+    setup = _commands(config, "setup_commands")
+    assert "torch==2.13.0" in setup and "download.pytorch.org/whl/cu" in setup
+    assert '-e "$HOME/cct' in setup
+    assert config["file_mounts"]["~/cct"] == "."
+    assert "CCT_STORAGE_PATH=" in setup
+    assert "MLFLOW_TRACKING_URI=http://" in _commands(config, "head_setup_commands")
+
+
+def test_no_secrets_in_the_cluster_file():
+    text = (ROOT / "ray_cluster.yaml").read_text()
+    for pattern in (r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"PASSWORD=\S+"):
+        assert not re.search(pattern, text), pattern
+
+
+# -- the storage probe ------------------------------------------------------------------
+
+
+def test_probe_reports_the_nodes_that_do_not_see_the_marker(tmp_path):
+    seen = {}
+
+    def ask(storage_path, relative, node_ids):
+        marker = tmp_path / "store" / relative
+        seen["marker_existed"] = marker.is_file()
+        return {"a": True, "b": False}  # "c" never answered
+
+    blind = nodes_not_seeing(str(tmp_path / "store"), ["a", "b", "c"], ask=ask)
+    assert blind == ["b", "c"]
+    assert seen["marker_existed"]
+    assert list((tmp_path / "store").iterdir()) == []  # the marker is cleaned up
+
+
+def test_probe_on_a_path_every_node_sees(tmp_path):
+    def ask(storage_path, relative, node_ids):
+        from orchestrator.cluster import _sees
+
+        return {n: _sees(storage_path, relative) for n in node_ids}
+
+    assert nodes_not_seeing(str(tmp_path), ["a", "b"], ask=ask) == []
+    assert nodes_not_seeing(f"file://{tmp_path}", ["a"], ask=ask) == []
+
+
+def test_probe_fails_when_the_driver_cannot_write(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        nodes_not_seeing(str(blocker / "sub"), ["a"], ask=lambda *a: {})
