@@ -104,3 +104,4 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
             f"  browse:     mlflow ui --backend-store-uri {tracking_uri}   (http://127.0.0.1:5000)"
         )
     print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")
+    print(f"  report:     python -m analysis.report --experiment {spec.experiment}")

@@ -1,0 +1,429 @@
+"""The page's sections, from the collected sweep (report_data), the latencies (report_latency)
+and the verdicts: each a picture (report_figures) with its numbers in a table, or a message
+saying what is missing and why."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from analysis import report_figures as figs
+from analysis.report_data import SweepData, Trial, arch_label
+from analysis.report_evidence import block_curves, by_arch, head_blocks, last_head_block, values
+from analysis.report_html import Section, Table
+from analysis.report_latency import Latency, finalists
+from analysis.report_verdicts import (
+    CONV_RULE,
+    SEQPOOL_RULE,
+    SNR_RULE,
+    Verdict,
+    head_block_passes,
+)
+
+KNOBS = ("num_heads", "embed_dim", "conv_blocks")
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def mean_sd(xs: Sequence[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return pct(xs[0])
+    return f"{pct(statistics.fmean(xs))} ± {100 * statistics.pstdev(xs):.2f}"
+
+
+def missing_shp(trials: Sequence[Trial]) -> list[str]:
+    """One message naming the trials without analysis, or none."""
+    lacking = [t for t in trials if not (t.shp or {}).get("blocks")]
+    if not lacking:
+        return []
+    names = ", ".join(f"{t.trial_id} (run {t.run_id[:8]})" for t in lacking)
+    return [
+        f"{len(lacking)} of {len(trials)} trials have no SHP analysis (no shp/summary.json "
+        f"with analysed blocks): {names}. They are left out here; run "
+        "`python -m analysis.shp --run-id <run id>` to add it."
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# sections
+
+
+def accuracy_section(data: SweepData) -> Section:
+    knobs = {}
+    for knob in KNOBS:
+        settings = sorted({v for t in data.trials if (v := t.arch.get(knob)) is not None})
+        groups = [[t for t in data.trials if t.arch.get(knob) == v] for v in settings]
+        knobs[knob] = [
+            figs.KnobPoint(v, values(g, "val_accuracy"), values(g, "test_accuracy"))
+            for v, g in zip(settings, groups)
+        ]
+    rows = [
+        [arch, str(len(g)), mean_sd(values(g, "val_accuracy")), mean_sd(values(g, "test_accuracy"))]
+        for arch, g in by_arch(data.trials).items()
+    ]
+    return Section(
+        id="accuracy",
+        title="Accuracy against head count, embedding size and conv blocks",
+        caption="Mean accuracy of the trials with each value of a knob, whatever the other "
+        "knobs; error bars: standard deviation over those trials (seeds and the other knobs), "
+        "dots: single trials. Blue: validation (used for every choice), orange: test.",
+        image=figs.accuracy_figure({k: v for k, v in knobs.items() if v}),
+        image_alt="accuracy against num_heads, embed_dim and conv_blocks",
+        tables=[
+            Table(
+                ["architecture", "trials", "val % (mean ± sd)", "test %"],
+                rows,
+                "per architecture: 4h×16 d64 c1 = 4 heads of width 16, embedding 64, 1 conv block",
+            )
+        ],
+    )
+
+
+def snr_section(data: SweepData) -> Section:
+    curves = block_curves(data.trials)
+    missing = missing_shp(data.trials)
+    common = dict(id="snr", title="Readout accuracy and SNR along the blocks", missing=missing)
+    if not curves:
+        return Section(**common, caption="No trial has an SHP analysis: nothing to draw.")
+    rows = []
+    for arch, pts in curves.items():
+        for p in pts:
+            snr = [
+                ("∞ (noise-free)" if p.noise_free else "-") if v is None else num(v)
+                for v in (p.snr_labels, p.snr_area)
+            ]
+            rows.append([arch, str(p.block), p.kind, pct(p.readout_accuracy), *snr])
+    pooling = sorted({str((t.shp or {}).get("pooling")) for t in data.trials if t.shp})
+    return Section(
+        **common,
+        caption="Per block, a fresh readout trained on the frozen block's head outputs: its "
+        "held-out accuracy (left) and the two SNR variants [reconstructed] (middle: labels in "
+        "clusters / noise; right: ones inside cluster blocks / noise), one line per "
+        "architecture, seeds averaged. Hollow markers: conv blocks (units are filters); "
+        "triangles on the top edge: noise-free blocks (SNR undefined).",
+        image=figs.snr_figure(curves),
+        image_alt="readout accuracy and SNR against block index",
+        tables=[
+            Table(["architecture", "block", "kind", "readout %", "SNR labels", "SNR area"], rows)
+        ],
+        notes=[
+            f"Readout pooling: {', '.join(pooling)}. SNR is averaged over units with a "
+            "cluster, as in SPEC 4.6."
+        ],
+    )
+
+
+def heads_section(data: SweepData) -> Section:
+    common = dict(id="heads", title="Head specialisation")
+    analysed = [t for t in data.trials if head_blocks(t)]
+    missing = missing_shp(data.trials)
+    if not analysed:
+        return Section(
+            **common,
+            missing=missing
+            or [
+                "No block was analysed with units=heads (the sweep's `analysis.units` was "
+                "nodes or ff, or only conv blocks were analysed): no head label sets."
+            ],
+            caption="No head label sets to show.",
+        )
+    t = analysed[0]
+    if t is not data.best:
+        missing = [
+            *missing,
+            f"The best trial {data.best.trial_id} has no head analysis; "
+            f"showing the best analysed one, {t.trial_id}.",
+        ]
+    blocks = head_blocks(t)
+    k = len(blocks[0].get("heads_per_label") or []) or int(t.shp.get("num_classes", 0))
+    sets = [figs.HeadSets(int(b["block"]), b.get("label_sets") or [], k) for b in blocks]
+    per_head = Table(
+        ["block", "head", "labels recognised", "noise"],
+        [
+            [
+                str(b["block"]),
+                str(h),
+                " ".join(map(str, labels)) or "(none)",
+                str((b.get("unit_noise") or ["-"] * (h + 1))[h]),
+            ]
+            for b in blocks
+            for h, labels in enumerate(b.get("label_sets") or [])
+        ],
+        f"best model {t.trial_id} ({t.name})",
+    )
+    summary = Table(
+        ["block", "coverage", "heads/label (mean, min–max)", "labels/head", "Jaccard overlap"],
+        [
+            [
+                str(b["block"]),
+                pct(b.get("coverage")) + " %",
+                f"{num(b.get('heads_per_label_mean'))} ({b.get('heads_per_label_min')}–"
+                f"{b.get('heads_per_label_max')})",
+                num(b.get("label_set_size_mean")),
+                num(b.get("pairwise_jaccard_mean")),
+            ]
+            for b in blocks
+        ],
+        "label coverage per block",
+        wide=True,
+    )
+    every = Table(
+        [
+            "trial",
+            "architecture",
+            "block",
+            "heads clustered",
+            "labels/clustered head",
+            "noise/clustered head",
+            "SNR labels",
+            "passes",
+        ],
+        [
+            [
+                h.trial,
+                x.name,
+                str(h.block),
+                f"{h.units_with_cluster}/{h.num_units}",
+                num(h.mean_labels_in_clusters),
+                num(h.mean_noise),
+                "∞ (noise-free)" if h.noise_free else num(h.snr_labels),
+                "yes" if head_block_passes(h)[0] else "no",
+            ]
+            for x in analysed
+            if (h := last_head_block(x)) is not None
+        ],
+        "every trial, last attention block (what the verdict counts)",
+        wide=True,
+    )
+    return Section(
+        **common,
+        missing=missing,
+        caption=f"Best model by validation accuracy ({t.trial_id}, {t.name}): per attention "
+        "block, the labels each head recognises (its diagonal after binarising the normalised "
+        "field matrix; SPEC 4.7) and how many heads recognise each label.",
+        image=figs.heads_figure(sets),
+        image_alt="label sets per head of the best model",
+        tables=[per_head, summary, every],
+    )
+
+
+def latency_section(data: SweepData, lat: dict[str, Latency], remeasured: bool) -> Section:
+    front = set(finalists(data.trials, cap=len(data.trials)))
+    shown = set(finalists(data.trials))
+    listed = [t for t in data.trials if t.run_id in shown or lat[t.run_id].source == "re-measured"]
+    tag = {t.run_id: str(i + 1) for i, t in enumerate(listed)}
+    points = [
+        figs.CostPoint(
+            tag.get(t.run_id, ""),
+            acc,
+            t.metric("macs"),
+            lat[t.run_id].latency_ms,
+            lat[t.run_id].source,
+            t.run_id in front,
+        )
+        for t in data.trials
+        if (acc := t.metric("val_accuracy")) is not None
+    ]
+    rows = [
+        [
+            tag[t.run_id],
+            t.name,
+            t.trial_id,
+            "yes" if t.run_id in shown else "",
+            pct(t.metric("val_accuracy")),
+            pct(t.metric("test_accuracy")),
+            _count(t.metric("macs")),
+            _count(t.metric("params")),
+            num(lat[t.run_id].latency_ms, 3),
+            lat[t.run_id].source,
+            num(t.metric("latency_ms"), 3) + (" (shared)" if _shared(t) else ""),
+        ]
+        for t in listed
+    ]
+    notes, missing = [], []
+    measured = [lat[t.run_id] for t in listed if lat[t.run_id].source == "re-measured"]
+    if not remeasured:
+        missing.append(
+            "--no-remeasure: latencies are the figures logged during the sweep, "
+            "taken while trials may have shared the device; they are noisy."
+        )
+    elif measured:
+        notes.append(
+            f"Re-measured here one model at a time: median batch-1 latency of "
+            f"{measured[0].runs} forwards after warm-up on {measured[0].device}, "
+            f"{measured[0].precision}. The in-sweep figure is shown beside it."
+        )
+    missing += [f"{t.trial_id}: {lat[t.run_id].note}" for t in data.trials if lat[t.run_id].note]
+    headers = [
+        "#",
+        "architecture",
+        "trial",
+        "finalist",
+        "val %",
+        "test %",
+        "MACs",
+        "params",
+        "latency ms",
+        "source",
+        "in-sweep ms",
+    ]
+    return Section(
+        id="latency",
+        title="Size and speed against accuracy",
+        caption="Left: validation accuracy against MACs per image; the step line is the "
+        "Pareto front (no model is both more accurate and cheaper). Right: against batch-1 "
+        "latency; filled: re-measured alone from the checkpoint, hollow: logged in-sweep. "
+        "Numbers are the rows of the table below.",
+        image=figs.cost_figure(points),
+        image_alt="accuracy against MACs and latency",
+        tables=[
+            Table(
+                headers,
+                rows,
+                "finalists (Pareto front of accuracy vs MACs, capped) and "
+                "the best trial per conv_blocks",
+                wide=True,
+            )
+        ],
+        missing=missing,
+        notes=notes,
+    )
+
+
+def _shared(t: Trial) -> bool:
+    return t.tags.get("latency_shared") == "true"
+
+
+def _count(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def committee_section(data: SweepData) -> Section:
+    c = data.committee
+    common = dict(id="committee", title="Soft committee")
+    if c is None:
+        hint = f"python -m analysis.committee --sweep-run-id {data.sweep_run_id}"
+        return Section(
+            **common,
+            missing=[f"No committee run for this sweep yet: run `{hint}`, then this report again."],
+        )
+    labels = [arch_label(m.get("architecture") or {}) for m in c.members]
+    rows = [
+        [
+            f"{i + 1}. {lab}",
+            str(m.get("trial_id") or m["run_id"][:8]),
+            pct(m["val_accuracy"]),
+            pct(m["test_accuracy"]),
+        ]
+        for i, (lab, m) in enumerate(zip(labels, c.members))
+    ]
+    rows.append(
+        [
+            f"committee (mean {'softmax' if c.combine == 'probs' else 'logits'})",
+            "",
+            pct(c.val_accuracy),
+            pct(c.test_accuracy),
+        ]
+    )
+    rows.append(["gain over best member", "", "", f"{100 * c.gain_over_best:+.2f}"])
+    tol = "-" if c.tolerance is None else f"{100 * c.tolerance:.2f} points"
+    return Section(
+        **common,
+        caption=f"Committee run {c.run_id[:8]}: members chosen on validation (tolerance {tol} "
+        "of the best, greedy on diversity), then measured once on test. Left: committee "
+        "validation accuracy as members were added, and the final committee on test. "
+        "Right: each member and the committee on both splits.",
+        image=figs.committee_figure(
+            c.val_accuracy_by_size or [c.val_accuracy],
+            c.test_accuracy,
+            [f"{i + 1}. {lab}" for i, lab in enumerate(labels)],
+            [m["test_accuracy"] for m in c.members],
+            [m["val_accuracy"] for m in c.members],
+            c.val_accuracy,
+        ),
+        image_alt="committee accuracy against size and per member",
+        tables=[Table(["member", "trial", "val %", "test %"], rows)],
+        notes=[
+            "Gain is measured against the member with the best validation accuracy "
+            "(choosing the best member by test would peek)."
+        ],
+    )
+
+
+def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
+    rows = [
+        [
+            t.trial_id,
+            t.run_id[:8],
+            t.name,
+            "-" if t.seed is None else str(t.seed),
+            pct(t.metric("val_accuracy")),
+            pct(t.metric("test_accuracy")),
+            _count(t.metric("macs")),
+            _count(t.metric("params")),
+            num(t.metric("latency_ms"), 3),
+            num(lat[t.run_id].latency_ms, 3) if lat[t.run_id].source == "re-measured" else "",
+            "yes" if (t.shp or {}).get("blocks") else "missing",
+        ]
+        for t in data.trials
+    ]
+    left = ", ".join(f"{n} {s.lower()}" for s, n in sorted(data.not_finished.items()))
+    return Section(
+        id="trials",
+        title="All finished trials",
+        caption="Best validation accuracy first. Run ids are the MLflow child runs.",
+        tables=[
+            Table(
+                [
+                    "trial",
+                    "run",
+                    "architecture",
+                    "seed",
+                    "val %",
+                    "test %",
+                    "MACs",
+                    "params",
+                    "in-sweep ms",
+                    "re-measured ms",
+                    "SHP",
+                ],
+                rows,
+            )
+        ],
+        notes=[f"Trial runs left out (not finished): {left}."] if left else [],
+    )
+
+
+def methods_section(verdict_list: Sequence[Verdict]) -> Section:
+    from analysis.report_verdicts import THRESHOLDS
+
+    rows = [[v.claim, v.rule, "; ".join(v.reconstructed) or "-"] for v in verdict_list]
+    details = [
+        Table(
+            ["claim", "evidence per architecture / trial"],
+            [[v.claim, d] for v in verdict_list for d in v.details],
+            wrap=True,
+        )
+    ]
+    return Section(
+        id="methods",
+        title="How the verdicts are reached",
+        caption="Thresholds are this report's own (analysis/report_verdicts.py: "
+        + ", ".join(f"{k}={v}" for k, v in THRESHOLDS.items())
+        + "). Rules marked [reconstructed] in SPEC could not be read from the papers: "
+        f"{SNR_RULE}; {CONV_RULE}; {SEQPOOL_RULE}.",
+        tables=[Table(["claim", "rule", "relies on [reconstructed]"], rows, wrap=True), *details],
+    )

@@ -1,0 +1,501 @@
+"""`python -m analysis.report`: the verdict rules on hand-made data, the page on a hand-made
+sweep, one-line errors for bad input, and (marked slow) the report on the shared real sweep
+of tests/conftest.py, opened in a real headless Chromium."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from analysis.report import build_page, main
+from analysis.report_data import SweepData, Trial, collect
+from analysis.report_latency import finalists, pareto_front
+from analysis.report_verdicts import (
+    HELD,
+    NO_DATA,
+    NOT_HELD,
+    BlockSnr,
+    CommitteeFigures,
+    ConvModel,
+    HeadBlock,
+    ModelAccuracy,
+    committee_verdict,
+    conv_verdict,
+    equal_accuracy_verdict,
+    snr_verdict,
+    spearman,
+    specialisation_verdict,
+)
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+# --------------------------------------------------------------------------------------
+# verdict rules on hand-made data
+
+
+def snr_curve(values, unit="head", first_block=0):
+    return [BlockSnr(first_block + i, unit, v, v, False) for i, v in enumerate(values)]
+
+
+def test_spearman():
+    assert spearman([0, 1, 2], [1.0, 2.0, 9.0]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman([0, 1, 2], [1.0, float("inf"), 5.0]) == pytest.approx(0.5)
+
+
+def test_snr_rising_is_held_falling_is_not_and_too_few_blocks_is_not_enough_data():
+    rising = {"a": snr_curve([0.5, 1.0, 2.0]), "b": snr_curve([0.8, 0.9, 3.0, 4.0])}
+    assert snr_verdict(rising).status == HELD
+    falling = {"a": snr_curve([3.0, 2.0, 1.0]), "b": snr_curve([2.0, 1.5, 0.2])}
+    v = snr_verdict(falling)
+    assert v.status == NOT_HELD and "0 of 2 architectures rise, 2 fall" in v.reason
+    assert snr_verdict({"a": snr_curve([1.0, 2.0])}).status == NO_DATA
+    assert snr_verdict({}).status == NO_DATA
+    # only one of three rises: below the 2/3 share
+    mixed = {"a": snr_curve([1, 2, 3]), "b": snr_curve([3, 2, 1]), "c": snr_curve([1, 3, 1])}
+    assert snr_verdict(mixed).status == NOT_HELD
+
+
+def test_snr_noise_free_counts_as_highest_and_conv_blocks_are_left_out():
+    free_last = {"a": [*snr_curve([1.0, 2.0]), BlockSnr(2, "head", None, None, True)]}
+    assert snr_verdict(free_last).status == HELD
+    # a conv block first leaves two attention blocks: too few for a trend
+    conv_first = {"a": [BlockSnr(0, "filter", 0.1, 0.1), *snr_curve([1.0, 2.0], first_block=1)]}
+    assert snr_verdict(conv_first).status == NO_DATA
+    v = snr_verdict(free_last)
+    assert v.figure == "snr" and any("SNR definitions" in r for r in v.reconstructed)
+
+
+def head_block(trial, labels, noise_free=False, snr=3.0, clustered=4, units=4, k=10):
+    return HeadBlock(trial, 1, k, units, clustered, labels, 1.0, snr, noise_free)
+
+
+def test_specialisation_small_quiet_clusters_held_large_or_noisy_not_held():
+    assert specialisation_verdict([head_block("t1", 2.0), head_block("t2", 3.0)]).status == HELD
+    big = specialisation_verdict([head_block("t1", 7.0), head_block("t2", 8.0)])
+    assert big.status == NOT_HELD and "0 of 2 trials pass" in big.reason
+    noisy = [head_block("t1", 2.0, snr=0.5), head_block("t2", 2.0, snr=0.4)]
+    assert specialisation_verdict(noisy).status == NOT_HELD
+    silent = [head_block("t1", 2.0, clustered=1), head_block("t2", 2.0, clustered=0)]
+    assert specialisation_verdict(silent).status == NOT_HELD
+    free = [head_block("t1", 2.0, noise_free=True, snr=None)]
+    assert specialisation_verdict(free).status == HELD
+    assert specialisation_verdict([]).status == NO_DATA
+
+
+def test_equal_accuracy_needs_two_head_structures_within_tolerance():
+    models = [
+        ModelAccuracy("a", 2, 32, 0.950),
+        ModelAccuracy("b", 8, 8, 0.945),
+        ModelAccuracy("c", 16, 4, 0.900),
+    ]
+    # one binomial SE of 95 % on 1000 images is 0.69 points: b is in, c is out
+    v = equal_accuracy_verdict(models, n_val=1000)
+    assert v.status == HELD and "2 of 3 head structures" in v.reason
+    assert equal_accuracy_verdict(models, n_val=1000, tolerance=0.001).status == NOT_HELD
+    same = [ModelAccuracy("a", 4, 16, 0.95), ModelAccuracy("b", 4, 16, 0.95)]
+    assert equal_accuracy_verdict(same, n_val=1000).status == NO_DATA
+    assert equal_accuracy_verdict(models, n_val=None).status == NO_DATA
+
+
+def test_committee_beats_each_member():
+    assert committee_verdict(CommitteeFigures((0.95, 0.96), 0.97)).status == HELD
+    tie = committee_verdict(CommitteeFigures((0.95, 0.97), 0.97))
+    assert tie.status == NOT_HELD and "+0.00 points" in tie.reason
+    assert committee_verdict(None).status == NO_DATA
+    assert committee_verdict(CommitteeFigures((0.95,), 0.95)).status == NO_DATA
+
+
+def conv_model(trial, c, val, test, ms):
+    return ConvModel(trial, c, val, test, ms)
+
+
+def test_conv_blocks_faster_without_losing_accuracy():
+    ref = conv_model("t0", 0, 0.95, 0.95, 2.0)
+    held = conv_verdict([ref, conv_model("t1", 1, 0.95, 0.948, 1.5)], n_test=1000)
+    assert held.status == HELD and "25% faster" in held.reason
+    slower = conv_verdict([ref, conv_model("t1", 1, 0.96, 0.96, 1.95)], n_test=1000)
+    assert slower.status == NOT_HELD
+    worse = conv_verdict([ref, conv_model("t1", 1, 0.94, 0.90, 1.0)], n_test=1000)
+    assert worse.status == NOT_HELD
+    # the best of each conv_blocks value (by validation) is compared, not any
+    pick = conv_verdict(
+        [ref, conv_model("t1", 1, 0.90, 0.95, 1.0), conv_model("t2", 1, 0.96, 0.96, 2.5)], 1000
+    )
+    assert pick.status == NOT_HELD and "t2" in pick.details[0]
+    assert conv_verdict([ref], n_test=1000).status == NO_DATA
+    no_latency = conv_verdict([ref, conv_model("t1", 1, 0.95, 0.95, None)], n_test=1000)
+    assert no_latency.status == NO_DATA
+    assert any("conv replacement block" in r for r in held.reconstructed)
+
+
+def test_pareto_front_of_accuracy_against_macs():
+    pts = [("a", 0.95, 100.0), ("b", 0.97, 300.0), ("c", 0.94, 200.0), ("d", 0.97, 250.0)]
+    assert pareto_front(pts) == ["d", "a"]
+    trials = [hand_trial(f"r{i}", 4, 0, val, macs=m) for i, (_, val, m) in enumerate(pts)]
+    assert finalists(trials, cap=1) == ["r3"]
+
+
+# --------------------------------------------------------------------------------------
+# the page on a hand-made sweep (no MLflow)
+
+
+def hand_shp(num_heads: int, snrs: list[float], k: int = 10) -> dict:
+    blocks = []
+    for b, snr in enumerate(snrs):
+        sets = [[(h + j) % k for j in range(3)] for h in range(num_heads)]
+        per_label = [sum(lab in s for s in sets) for lab in range(k)]
+        blocks.append(
+            {
+                "block": b,
+                "kind": "transformer",
+                "unit": "head",
+                "num_units": num_heads,
+                "readout_accuracy": 0.8 + 0.05 * b,
+                "snr_labels": snr,
+                "snr_area": 2 * snr,
+                "noise_free": False,
+                "units_with_cluster": num_heads,
+                "mean_labels_in_clusters": 3.0,
+                "mean_noise": 3.0 / snr,
+                "label_sets": sets,
+                "unit_noise": [1] * num_heads,
+                "heads_per_label": per_label,
+                "heads_per_label_mean": sum(per_label) / k,
+                "heads_per_label_min": min(per_label),
+                "heads_per_label_max": max(per_label),
+                "coverage": sum(c > 0 for c in per_label) / k,
+                "label_set_size_mean": 3.0,
+                "pairwise_jaccard_mean": 0.2,
+            }
+        )
+    return {"pooling": "mean", "num_classes": k, "blocks": blocks}
+
+
+def hand_trial(run_id, heads, conv, val, *, test=None, macs=1e6, shp=None, seed=0) -> Trial:
+    arch = {
+        "variant": "cct_2_3x2_32",
+        "num_heads": heads,
+        "head_dim": 64 // heads,
+        "embed_dim": 64,
+        "conv_blocks": conv,
+        "depth": 3,
+    }
+    metrics = {
+        "val_accuracy": val,
+        "test_accuracy": val if test is None else test,
+        "macs": macs,
+        "params": 5e4,
+        "latency_ms": 1.0 + conv,
+    }
+    tags = {"latency_shared": "true", "device": "cpu (1 threads)", "precision": "fp32"}
+    return Trial(run_id, f"trial_{run_id}", arch, seed, metrics, tags, shp)
+
+
+def hand_sweep(with_shp: bool = True) -> SweepData:
+    rising, flat = [0.5, 1.0, 2.0], [1.0, 1.0, 1.0]
+    trials = [
+        hand_trial("r1", 2, 0, 0.96, macs=2e6, shp=hand_shp(2, rising) if with_shp else None),
+        hand_trial("r2", 8, 0, 0.955, macs=1e6, shp=hand_shp(8, rising), seed=1),
+        hand_trial("r3", 8, 1, 0.94, macs=0.9e6, shp=hand_shp(8, flat)),
+    ]
+    return SweepData(
+        experiment="hand",
+        experiment_id="1",
+        sweep_run_id="abc123",
+        sweep_name="hand",
+        trials=trials,
+        not_finished={"FAILED": 1},
+        n_val=400,
+        n_test=400,
+        committee=None,
+    )
+
+
+def images(page: str) -> list[str]:
+    return re.findall(r"<img\b[^>]*>", page)
+
+
+def test_page_on_a_hand_made_sweep_is_self_contained_with_a_figure_per_section():
+    page = build_page(hand_sweep(), tracking_uri="sqlite:///x.db", fetch=None)
+    # accuracy, SNR, heads, latency: four pictures; no committee run yet
+    assert len(images(page)) == 4
+    assert all('src="data:image/png;base64,' in img for img in images(page))
+    assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page
+    assert 'content="4"' in page  # <meta name="cct-report-figures">
+    assert "No committee run for this sweep yet" in page
+    assert "--no-remeasure" in page  # says the latencies are the logged ones
+    assert page.count('class="badge') == 5
+    assert "(1 not finished)" in page
+
+
+def test_page_says_which_trials_lack_analysis_and_still_renders():
+    page = build_page(hand_sweep(with_shp=False), tracking_uri="sqlite:///x.db", fetch=None)
+    assert "1 of 3 trials have no SHP analysis" in page and "trial_r1 (run r1)" in page
+    assert "The best trial trial_r1 has no head analysis" in page
+    assert len(images(page)) == 4
+
+
+def test_page_without_any_analysis_names_what_is_missing():
+    data = hand_sweep()
+    data = replace(data, trials=[replace(t, shp=None) for t in data.trials])
+    page = build_page(data, tracking_uri="sqlite:///x.db", fetch=None)
+    assert "3 of 3 trials have no SHP analysis" in page
+    assert len(images(page)) == 2  # accuracy and latency only
+    assert page.count("not enough data") >= 2  # SNR and specialisation
+
+
+# --------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """A sqlite store with sweep 'stalled' whose only trial failed."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("report-store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("stalled", artifact_location=str(root / "artifacts"))
+    parent = client.create_run(exp, tags={"role": "sweep", "sweep": "stalled"}).info.run_id
+    trial = client.create_run(
+        exp, tags={"role": "trial", "trial_id": "t0", "mlflow.parentRunId": parent}
+    ).info.run_id
+    client.set_terminated(trial, status="FAILED")
+    client.set_terminated(parent, status="FAILED")
+    return {"root": root, "uri": uri, "parent": parent}
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experiment", "nope"], "unknown experiment 'nope'"),
+        (["--sweep-run-id", "0123456789abcdef"], "unknown sweep run '0123456789abcdef'"),
+        (["--experiment", "stalled"], "has no finished trial"),
+        (["--experiment", "stalled", "--latency-runs", "0"], "--latency-runs 0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    small_store, tmp_path, capsys, args, message
+):
+    out = tmp_path / "report.html"
+    code, stdout, err = run_main(
+        capsys, *args, "--tracking-uri", small_store["uri"], "--out", str(out)
+    )
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists() and stdout == ""
+
+
+def test_no_store_and_no_arguments_are_one_line_errors(tmp_path):
+    for argv in (["--experiment", "quickstart"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "analysis.report", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no report, no new mlflow.db
+
+
+# --------------------------------------------------------------------------------------
+# the shared real sweep (tests/conftest.py: experiment e2e, 2 finished digits trials)
+
+
+def committee_exists(client, parent_id: str) -> bool:
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.role = 'committee' and tags.sweep_run_id = '{parent_id}' "
+        "and attributes.status = 'FINISHED'",
+    )
+    return bool(runs)
+
+
+@pytest.fixture(scope="module")
+def real_report(sweep, mlflow_runs):
+    """The report as a user makes it, in the sweep's folder (few timed runs: test time)."""
+    root = sweep["root"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "--experiment", "e2e", "--latency-runs", "5"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    return {
+        "path": root / "report.html",
+        "html": (root / "report.html").read_text(),
+        "stdout": proc.stdout,
+        "client": client,
+        "parent": parent.info.run_id,
+        "committee": committee_exists(client, parent.info.run_id),
+    }
+
+
+@pytest.mark.slow
+def test_report_on_the_real_sweep_is_logged_and_self_contained(real_report):
+    r = real_report
+    page = r["html"]
+    logged = {f.path for f in r["client"].list_artifacts(r["parent"], "report")}
+    assert logged == {"report/report.html"}
+    assert r["parent"] in r["stdout"]
+    assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page
+    assert "Sweep report — e2e" in page and page.count('class="badge') == 5
+    assert "have no SHP analysis" not in page  # every trial of the sweep was analysed
+    assert "Re-measured here one model at a time" in page
+    assert ("No committee run for this sweep yet" in page) != r["committee"]
+    assert len(images(page)) == 4 + r["committee"]
+
+
+@pytest.mark.slow
+def test_report_on_the_real_sweep_without_analysis_says_what_is_missing(real_report):
+    client = real_report["client"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = collect(client, experiment="e2e", sweep_run_id=None, workdir=Path(tmp))
+    assert len(data.trials) == 2 and all(t.shp for t in data.trials)
+    assert data.n_val and data.n_test and data.sweep_run_id == real_report["parent"]
+    first = data.trials[0]
+    stripped = replace(data, trials=[replace(first, shp=None), *data.trials[1:]])
+    page = build_page(stripped, tracking_uri="x", fetch=None)
+    assert "1 of 2 trials have no SHP analysis" in page and first.trial_id in page
+    assert f"The best trial {first.trial_id} has no head analysis" in page
+
+
+# --------------------------------------------------------------------------------------
+# a real browser
+
+
+def _browser_images_selenium(url: str, shot: Path, profile: str) -> list[list]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1300,1000",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(url)
+        state = driver.execute_script(
+            "return [...document.images].map(i => [i.complete, i.naturalWidth, i.alt])"
+        )
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1300, min(int(height) + 120, 12000))
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    return state
+
+
+def _browser_images_cli(page: Path, shot: Path, profile: str) -> list[list]:
+    """Without selenium: a copy of the page with a script that writes what the images did
+    into the title, read back from Chromium's --dump-dom."""
+    probe = page.with_name("probe.html")
+    script = (
+        "<script>addEventListener('load', () => { document.title = 'IMAGES=' + "
+        "JSON.stringify([...document.images].map(i => [i.complete, i.naturalWidth, "
+        "i.alt])); });</script>"
+    )
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    base = [
+        str(CHROMIUM),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [*base, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    subprocess.run(
+        [*base, f"--screenshot={shot}", "--window-size=1300,4000", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    import html
+    import json
+
+    found = re.search(r"<title>IMAGES=(.*?)</title>", dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.slow
+def test_report_opens_in_a_headless_browser_with_every_picture(real_report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
+    page = tmp_path / "report.html"
+    shutil.copyfile(real_report["path"], page)  # opened from a file, no server
+    shot = tmp_path / "report.png"
+    profile = str(tmp_path / "profile")
+    try:
+        import selenium  # noqa: F401
+
+        use_selenium = CHROMEDRIVER.exists()
+    except ImportError:
+        use_selenium = False
+    if use_selenium:
+        state = _browser_images_selenium(page.as_uri(), shot, profile)
+    else:
+        state = _browser_images_cli(page, shot, profile)
+    assert len(state) == 4 + real_report["committee"], state
+    assert all(complete and width > 0 for complete, width, _ in state), state
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    if os.environ.get("CCT_REPORT_SCREENSHOT"):
+        dst = Path(os.environ["CCT_REPORT_SCREENSHOT"])
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, dst)
+
+
+def test_parser_has_the_documented_options():
+    from analysis.report import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["--experiment", "x", "--no-remeasure"])
+    assert isinstance(args, argparse.Namespace) and args.no_remeasure
+    assert args.out == Path("report.html") and args.latency_runs == 100
