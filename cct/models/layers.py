@@ -7,8 +7,6 @@ analysis (SPEC section 2), from the very same code path.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +17,9 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    # Scale the (B, 1, ..) mask, not x: one pass over the activations instead of two.
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+    return x * mask
 
 
 class Tokenizer(nn.Module):
@@ -58,6 +57,9 @@ class Tokenizer(nn.Module):
         return size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last: the CPU conv and max-pool kernels are vectorised over channels (max
+        # pool ~10x faster than on NCHW), and the (B, N, d) tokens come out contiguous.
+        x = x.contiguous(memory_format=torch.channels_last)
         for stage in self.stages:
             x = stage(x)
         return x  # (B, d, h, w)
@@ -74,28 +76,54 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, dim)
         self.attn_dropout = attn_dropout
         self.fused = True  # False: the explicit-matmul reference path (tests, benchmarks)
+        # Zero-pad head_dim up to a multiple of this for the fused kernels; None: automatic
+        # (8 on CUDA, what flash / memory-efficient attention need; none elsewhere), 0: never.
+        self.pad_head_dim: int | None = None
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         H, dh = self.num_heads, self.head_dim
-        qkv = self.qkv(x).view(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, dh)
-        q, k, v = qkv.unbind(0)
         p = self.attn_dropout if self.training else 0.0
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        qkv = self.qkv(x).view(B, N, 3, H, dh)
+        # On the CPU the fused kernels take no dropout, and SDPA's fallback then costs more
+        # passes over the N x N weights than the written-out path.
+        if self.fused and not (p > 0 and x.device.type == "cpu"):
+            out = fused_attention(qkv, dropout_p=p, pad_to=self._pad_to(x.device))
         else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, H, N, dh)
             out = reference_attention(q, k, v, dropout_p=p)
         out = out.transpose(1, 2)  # (B, H, N, dh) -> (B, N, H, dh)
         if taps is not None:
             taps["heads"] = out
         return self.proj(out.reshape(B, N, H * dh))
 
+    def _pad_to(self, device: torch.device) -> int:
+        if self.pad_head_dim is not None:
+            return self.pad_head_dim
+        return 8 if device.type == "cuda" else 0
+
+
+def fused_attention(qkv: torch.Tensor, *, dropout_p: float, pad_to: int = 0) -> torch.Tensor:
+    """scaled_dot_product_attention of qkv (B, N, 3, H, dh) -> (B, H, N, dh).
+
+    With `pad_to`, head_dim is zero-padded up to a multiple of it first: head widths of 4 or
+    5 (large-scale MHA) have no fused kernel. Zero columns in q and k leave q k^T unchanged,
+    the scale stays 1/sqrt(dh), and v's zero columns give zero output columns, sliced off.
+    """
+    dh = qkv.shape[-1]
+    pad = -dh % pad_to if pad_to else 0
+    if pad:
+        qkv = F.pad(qkv, (0, pad))
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, H, N, dh + pad)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=dh**-0.5)
+    return out[..., :dh] if pad else out
+
 
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(dh)) v, written out; the fused path must match it."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale q, not the N x N scores
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
     return weights @ v
 

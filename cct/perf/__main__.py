@@ -1,0 +1,5 @@
+import sys
+
+from cct.perf.suite import main
+
+sys.exit(main())
