@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from analysis.committee_select import (
     mean_pairwise,
     select,
 )
+from cct.cli import fail
 
 PLOT_NAME = "committee_accuracy.png"
 
@@ -97,16 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> NoReturn:
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _terms(text: str) -> list[str]:
     terms = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in terms if t not in DIVERSITY_TERMS]
     if unknown or not terms:
-        _fail(f"--diversity {text!r}: choose from {', '.join(DIVERSITY_TERMS)}")
+        fail(f"--diversity {text!r}: choose from {', '.join(DIVERSITY_TERMS)}")
     return terms
 
 
@@ -345,11 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     diversity = _terms(args.diversity)
     if args.size is not None and args.size < 1:
-        _fail(f"--size {args.size}: must be >= 1")
+        fail(f"--size {args.size}: must be >= 1")
     if args.size is None and args.max_size < 2:
-        _fail(f"--max-size {args.max_size}: must be >= 2 (use --size 1 for a single model)")
+        fail(f"--max-size {args.max_size}: must be >= 2 (use --size 1 for a single model)")
     if args.tolerance is not None and not 0 <= args.tolerance <= 100:
-        _fail(f"--tolerance {args.tolerance}: accuracy points, between 0 and 100")
+        fail(f"--tolerance {args.tolerance}: accuracy points, between 0 and 100")
     # MLflow's progress bars, logs and warnings would break the one-line error contract
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
@@ -373,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     combine_how=args.combine,
                 )
         except CommitteeError as e:
-            _fail(str(e))
+            fail(str(e))
         report = measure(candidates, selection, diversity, args.combine)
         return _publish(args, client, exp_id, sweep, candidates, report, diversity)
 

@@ -23,7 +23,9 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
+
+from cct.cli import OneLineParser, fail
 
 if TYPE_CHECKING:
     from analysis.report_data import SweepData
@@ -31,18 +33,8 @@ if TYPE_CHECKING:
 REPORT_ARTIFACT = "report"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage block
-        _fail(message)
-
-
-def _fail(message: str) -> NoReturn:
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="the sweep's experiment name (its latest sweep run)")
     which.add_argument("--sweep-run-id", help="the sweep's parent run id")
@@ -76,16 +68,16 @@ def _quiet() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.latency_runs < 1:
-        _fail(f"--latency-runs {args.latency_runs}: must be >= 1")
+        fail(f"--latency-runs {args.latency_runs}: must be >= 1")
     if args.threads < 1:
-        _fail(f"--threads {args.threads}: must be >= 1")
+        fail(f"--threads {args.threads}: must be >= 1")
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            _fail("--device cuda: no CUDA device is visible")
+            fail("--device cuda: no CUDA device is visible")
     if args.out.is_dir():
-        _fail(f"--out {args.out}: is a folder; give a file name such as report.html")
+        fail(f"--out {args.out}: is a folder; give a file name such as report.html")
     _quiet()
 
     from analysis.committee_io import default_tracking_uri, open_store
@@ -103,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=Path(tmp),
             )
         except (ReportError, CommitteeError) as e:
-            _fail(str(e))
+            fail(str(e))
         page = build_page(
             data,
             tracking_uri=uri,

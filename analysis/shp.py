@@ -16,26 +16,16 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
 from analysis.features import UNITS, AnalysisError
 from analysis.pipeline import ShpOptions
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage block
-        _fail(message)
-
-
-def _fail(message: str) -> NoReturn:
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    raise SystemExit(2)
+from cct.cli import OneLineParser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis.shp", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m analysis.shp", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="checkpoint folder (model.json + model.pt)")
     src.add_argument("--run-id", help="MLflow run whose 'checkpoint/' artifact to analyse")
@@ -65,15 +55,15 @@ def parse_blocks(text: str) -> str | list[int]:
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        _fail(f"--blocks {text!r}: expected all, none or comma-separated block indices")
+        fail(f"--blocks {text!r}: expected all, none or comma-separated block indices")
     if not out:
-        _fail(f"--blocks {text!r}: no block index given")
+        fail(f"--blocks {text!r}: no block index given")
     return out
 
 
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda: no CUDA device is visible")
+        fail("--device cuda: no CUDA device is visible")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name, torch.cuda.current_device()) if name == "cuda" else torch.device(name)
@@ -83,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     blocks = parse_blocks(args.blocks)
     if not 0 < args.threshold <= 1:
-        _fail(f"--threshold {args.threshold}: must be in (0, 1]")
+        fail(f"--threshold {args.threshold}: must be in (0, 1]")
     if args.batch_size < 1 or (args.faithful_epochs is not None and args.faithful_epochs < 0):
-        _fail("--batch-size must be >= 1 and --faithful-epochs >= 0")
+        fail("--batch-size must be >= 1 and --faithful-epochs >= 0")
     device = _device(args.device)
     options = ShpOptions(
         heldout=args.heldout,
@@ -130,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 log_to_mlflow(summary, args.out, args.run_id, tracking_uri=args.tracking_uri)
         except (AnalysisError, FileNotFoundError, ConfigError, DatasetError, MlflowException) as e:
-            _fail(str(e))
+            fail(str(e))
     _print_summary(summary, args.out)
     return 0
 

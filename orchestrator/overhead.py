@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from cct.perf.cli import OneLineParser
+from cct.cli import OneLineParser
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
 from cct.perf.timing import load_average
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from cct.bench import peak_tflops_for
+from cct.cli import OneLineParser
 from cct.measure import count_macs, count_params, device_name, time_forward
 from cct.perf import sharing
 from cct.perf.cases import (
@@ -45,7 +46,6 @@ from cct.perf.cases import (
     reference_loader,
     reference_training_step,
 )
-from cct.perf.cli import OneLineParser
 from cct.perf.reference_data import Mixup
 from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
 from cct.perf.steps import Step, ours_data_step, reference_data_step

@@ -1,0 +1,21 @@
+"""What every command does with bad input: one `error: ...` line on stderr, exit code 2, no
+usage block and no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+def fail(message: object) -> NoReturn:
+    """Print `message` as one `error:` line (newlines folded) and exit with code 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one `error:` line instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
