@@ -71,7 +71,7 @@ class Sizes:
 
 
 CUDA_SIZES = Sizes(128, 1024, 100, 20, 10, 5, 50_000, 50, 15.0, (1, 2, 4))
-CPU_SIZES = Sizes(None, 32, 20, 3, 1, 4, 10_000, 8, 5.0, (1, 2, 4))
+CPU_SIZES = Sizes(None, 32, 20, 3, 1, 3, 10_000, 8, 5.0, (1, 2, 4))  # ~5 min on 2 idle cores
 # --quick (tests, CI): every row, tiny models; two sharing counts, since each process
 # start costs seconds of CPU.
 QUICK_SIZES = Sizes(8, 8, 3, 1, 1, 2, 256, 2, 0.3, (1, 2))
