@@ -5,7 +5,8 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from orchestrator.tracking import find_trial_run, set_status
+from analysis.runs import STOPPED_EARLY_TAG, find_trial_run
+from orchestrator.tracking import set_status
 
 
 class MlflowStatusCallback(Callback):
@@ -31,7 +32,7 @@ class MlflowStatusCallback(Callback):
         if "test_accuracy" in last:  # only the trainer's final report carries it
             set_status(client, run_id, "FINISHED")
         else:  # stopped by the scheduler (e.g. ASHA) before its budget
-            client.set_tag(run_id, "stopped_early", "true")
+            client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
             set_status(client, run_id, "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -12,6 +12,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from analysis.runs import SWEEP_DIR
 from cct.checkpoint import git_commit
 from orchestrator.callbacks import MlflowStatusCallback
 from orchestrator.cluster import cluster_problems
@@ -21,7 +22,7 @@ from orchestrator.tracking import (
     create_parent_run,
     ensure_experiment,
     is_local_store,
-    latest_parent_run,
+    latest_sweep_run,
     library_versions,
     set_status,
 )
@@ -78,7 +79,7 @@ def open_parent_run(
 ) -> tuple[str, str, bool]:
     """(parent run id, Ray experiment name, resumed?) — resuming the latest sweep run of
     this name unless --fresh; refusing when the sweep file changed."""
-    parent = None if fresh else latest_parent_run(client, experiment_id, spec.name)
+    parent = None if fresh else latest_sweep_run(client, experiment_id, spec.name)
     if parent is not None:
         old_hash = parent.data.tags.get("spec_hash", "")
         if old_hash != spec.hash:
@@ -108,7 +109,7 @@ def open_parent_run(
         (Path(d) / "sweep.json").write_text(json.dumps(spec.to_dict(), indent=2, default=str))
         if spec.source and Path(spec.source).is_file():
             (Path(d) / Path(spec.source).name).write_text(Path(spec.source).read_text())
-        client.log_artifacts(run_id, d, "sweep")
+        client.log_artifacts(run_id, d, SWEEP_DIR)
     return run_id, ray_experiment, False
 
 

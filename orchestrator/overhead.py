@@ -86,11 +86,11 @@ def read_trial_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     """{start_ms, end_ms, epoch_seconds} of every trial run of the experiment."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import TRIAL_ROLE
+    from analysis.runs import ROLE, TRIAL_ROLE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{TRIAL_ROLE}'")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{ROLE} = '{TRIAL_ROLE}'")
     return [
         {
             "start_ms": run.info.start_time,

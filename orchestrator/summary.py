@@ -10,27 +10,11 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from analysis.pareto import pareto_front
+from analysis.runs import SWEEP_DIR
 from search_spaces import SweepSpec
 
 SHOWN = ("val_accuracy", "test_accuracy", "latency_ms", "macs", "params")
-
-
-def pareto_front(rows: list[dict[str, Any]], objectives: tuple[tuple[str, str], ...]) -> list[dict]:
-    """Rows no other row dominates (at least as good on every objective, better on one)."""
-
-    def key(row: dict[str, Any]) -> list[float]:
-        return [row[m] if mode == "max" else -row[m] for m, mode in objectives]
-
-    scored = [(r, key(r)) for r in rows if all(r.get(m) is not None for m, _ in objectives)]
-    front = []
-    for r, k in scored:
-        dominated = any(
-            all(o >= s for o, s in zip(other, k)) and any(o > s for o, s in zip(other, k))
-            for _, other in scored
-        )
-        if not dominated:
-            front.append(r)
-    return front
 
 
 def summarize(
@@ -71,7 +55,7 @@ def summarize(
     }
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        client.log_artifacts(parent_run_id, d, "sweep")
+        client.log_artifacts(parent_run_id, d, SWEEP_DIR)
     for name in ("val_accuracy", "test_accuracy"):
         values = [r[name] for r in finished if r.get(name) is not None]
         if values:

@@ -17,10 +17,10 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from analysis.committee_io import default_tracking_uri
+from analysis import runs
+from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
 from cct.config import flatten
 
-PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
 
@@ -40,23 +40,13 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     return client.create_experiment(name, artifact_location=location)
 
 
-def latest_parent_run(client: MlflowClient, experiment_id: str, sweep: str):
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.role = '{PARENT_ROLE}' and tags.sweep = '{sweep}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
 def create_parent_run(
     client: MlflowClient, experiment_id: str, *, sweep: str, tags: dict[str, str], params: dict
 ) -> str:
     run = client.create_run(
         experiment_id,
         run_name=f"sweep-{sweep}",
-        tags={"role": PARENT_ROLE, "sweep": sweep, **tags},
+        tags={runs.ROLE: runs.SWEEP_ROLE, runs.SWEEP_TAG: sweep, **tags},
     )
     log_params(client, run.info.run_id, params)
     return run.info.run_id
@@ -81,26 +71,14 @@ def child_run(
         experiment_id,
         run_name=f"trial-{trial_id}",
         tags={
-            "role": TRIAL_ROLE,
-            "trial_id": trial_id,
-            "mlflow.parentRunId": parent_run_id,
+            runs.ROLE: runs.TRIAL_ROLE,
+            runs.TRIAL_ID_TAG: trial_id,
+            runs.PARENT_TAG: parent_run_id,
             **tags,
         },
     )
     log_params(client, run.info.run_id, params)
     return run.info.run_id
-
-
-def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
-    """The child run of `trial_id` under `parent_run_id`, or None."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-        ),
-        max_results=1,
-    )
-    return runs[0] if runs else None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -126,12 +104,6 @@ class NullTracker:
         pass
 
     def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
-        pass
-
-    def log_folder(self, folder: Path, artifact_path: str) -> None:
-        pass
-
-    def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
         pass
 
     def log_attempt(self, first_epoch: int, node_id: str) -> None:
@@ -190,11 +162,9 @@ class RunTracker(NullTracker):
         final = {k: v for k, v in final.items() if k not in EPOCH_METRICS}
         self.client.log_batch(self.run_id, metrics=_metrics(final, step=int(result["epochs"])))
         if artifacts is not None:
-            self.client.log_artifact(self.run_id, str(artifacts / "logits.npz"), "logits")
-            self.client.log_artifacts(self.run_id, str(artifacts / "checkpoint"), "checkpoint")
-
-    def log_folder(self, folder: Path, artifact_path: str) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+            logits, checkpoint = artifacts / runs.LOGITS_FILE, artifacts / runs.CHECKPOINT_DIR
+            self.client.log_artifact(self.run_id, str(logits), runs.LOGITS_DIR)
+            self.client.log_artifacts(self.run_id, str(checkpoint), runs.CHECKPOINT_DIR)
 
     def log_attempt(self, first_epoch: int, node_id: str) -> None:
         """One point per (re)start of the trial's workers: the first epoch it trained and,
@@ -206,15 +176,6 @@ class RunTracker(NullTracker):
             metrics=_metrics({"attempt_first_epoch": first_epoch}, step=attempt),
             tags=[RunTag("ray_node_id", node_id)],
         )
-
-    def log_metric_steps(self, name: str, values: dict[int, float]) -> None:
-        ms = [
-            Metric(name, float(v), _now_ms(), int(step))
-            for step, v in values.items()
-            if v is not None and math.isfinite(float(v))
-        ]
-        if ms:
-            self.client.log_batch(self.run_id, metrics=ms)
 
 
 def _now_ms() -> int:
@@ -250,7 +211,7 @@ __all__ = [
     "default_tracking_uri",
     "find_trial_run",
     "ensure_experiment",
-    "latest_parent_run",
+    "latest_sweep_run",
     "library_versions",
     "set_status",
 ]

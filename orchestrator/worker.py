@@ -12,6 +12,7 @@ from typing import Any
 import ray.train
 from ray.train import Checkpoint
 
+from analysis.runs import CHECKPOINT_DIR
 from cct.config import TrainConfig
 from cct.engine import fit
 from orchestrator.cluster import this_node_id
@@ -41,12 +42,12 @@ class RayCallbacks:
     def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None:
         self.tracker.log_final(result, artifacts)
         if artifacts is not None and self.analysis is not None:
-            run_analysis(self.tracker, artifacts / "checkpoint", self.analysis)
+            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis)
 
 
 def run_analysis(tracker: NullTracker, checkpoint: Path, options: dict[str, Any]) -> None:
     """SHP/SNR analysis of the final model, logged under `shp/` in the trial's run."""
-    from analysis import analyze_checkpoint, log_to_mlflow
+    from analysis.shp import analyze_checkpoint, log_to_mlflow
 
     with tempfile.TemporaryDirectory(prefix="shp-") as out:
         summary = analyze_checkpoint(checkpoint, out_dir=Path(out), **options)

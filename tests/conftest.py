@@ -12,22 +12,46 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-EPOCHS = 12
-SWEEP = f"""
-name: e2e
+
+def small_sweep_yaml(*, name: str, epochs: int, resources: str, analysis: str) -> str:
+    """The sweep file the Ray tests share: 2 Optuna trials (2 or 4 heads) of a tiny CCT on
+    digits; `resources` and `analysis` are YAML flow mappings."""
+    return f"""
+name: {name}
 base:
   model: {{variant: cct_2_3x2_32, tokenizer_layers: 1, depth: 2, embed_dim: 32,
           conv_blocks: 0, attn_dropout: 0.0, drop_path: 0.0}}
   data: {{dataset: digits}}
-  optim: {{epochs: {EPOCHS}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
+  optim: {{epochs: {epochs}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
   latency_runs: 10
 search:
   model.num_heads: {{choice: [2, 4]}}
 tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
-resources: {{workers_per_trial: 2, cpus_per_worker: 0.45, max_concurrent_trials: 2}}
-analysis: {{blocks: all}}
+resources: {resources}
+analysis: {analysis}
 """
+
+
+EPOCHS = 12
+SWEEP = small_sweep_yaml(
+    name="e2e",
+    epochs=EPOCHS,
+    resources="{workers_per_trial: 2, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
+    analysis="{blocks: all}",
+)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: tiny models gain nothing from a second one, and on a shared
+    2-core machine every OpenMP barrier can wait a whole time slice for a descheduled
+    thread. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _checkpoints(root: Path) -> dict[str, int]:
@@ -44,15 +68,18 @@ def _epochs_reported(root: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in files)
 
 
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll until `predicate()` is truthy and return its value; fail when `proc` exits or
+    the time is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"sweep exited ({proc.returncode}) while waiting for {what}")
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def local_env() -> dict[str, str]:
@@ -85,15 +112,13 @@ def sweep(tmp_path_factory):
     proc = _start(root, log)
     try:
         # 1. a worker dies after a checkpoint: Ray Train restarts the group from it
-        _wait_for(
-            lambda: max(_checkpoints(root).values(), default=0) >= 2, 240, "checkpoints", proc
-        )
+        wait_for(lambda: max(_checkpoints(root).values(), default=0) >= 2, 240, "checkpoints", proc)
         pids = _train_worker_pids()
         assert pids, "no RayTrainWorker process found"
         os.kill(pids[0], signal.SIGKILL)
         # 2. later the driver dies, taking its local Ray instance with it
         reported = _epochs_reported(root)
-        _wait_for(lambda: _epochs_reported(root) >= reported + 4, 240, "more epochs", proc)
+        wait_for(lambda: _epochs_reported(root) >= reported + 4, 240, "more epochs", proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     except BaseException:

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from cct import bench
 from cct.measure import count_macs, count_params
@@ -22,12 +21,7 @@ NUMBERS = (
 ).split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # steadier on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_writes_json_with_positive_finite_values(tmp_path, capsys):

@@ -20,50 +20,29 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import local_env
+from tests.conftest import local_env, small_sweep_yaml, wait_for
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 30
-SWEEP = f"""
-name: multinode
-base:
-  model: {{variant: cct_2_3x2_32, tokenizer_layers: 1, depth: 2, embed_dim: 32,
-          conv_blocks: 0, attn_dropout: 0.0, drop_path: 0.0}}
-  data: {{dataset: digits}}
-  optim: {{epochs: {EPOCHS}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
-  latency_runs: 10
-search:
-  model.num_heads: {{choice: [2, 4]}}
-tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
-resources: {{workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 1,
-             max_concurrent_trials: 2}}
-analysis: {{blocks: none}}
-"""
+SWEEP = small_sweep_yaml(
+    name="multinode",
+    epochs=EPOCHS,
+    resources="{workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 1, "
+    "max_concurrent_trials: 2}",
+    analysis="{blocks: none}",
+)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _healthy(url: str) -> bool:
@@ -89,7 +68,7 @@ def mlflow_server(tmp_path_factory):
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_for(lambda: _healthy(url), 180, "the MLflow server", proc)
+        wait_for(lambda: _healthy(url), 180, "the MLflow server", proc)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -168,7 +147,7 @@ def multinode_sweep(ray_cluster, mlflow_server, tmp_path_factory):
             nodes = {r.data.tags.get("ray_node_id") for r in runs} - {None}
             return runs if len(runs) == 2 and len(nodes) == 2 else None
 
-        runs = _wait_for(running_on_two_nodes, 300, "two trials on two nodes", proc)
+        runs = wait_for(running_on_two_nodes, 300, "two trials on two nodes", proc)
         first_nodes = {r.data.tags["trial_id"]: r.data.tags["ray_node_id"] for r in runs}
 
         # One of them has checkpointed and logged a few epochs: take its rank 0's node away.
@@ -182,7 +161,7 @@ def multinode_sweep(ray_cluster, mlflow_server, tmp_path_factory):
             ready = [t for t in ready if epochs_logged(t) >= 3]
             return ready[0] if ready else None
 
-        victim = _wait_for(checkpointed, 300, "a trial with checkpoints and 3 epochs", proc)
+        victim = wait_for(checkpointed, 300, "a trial with checkpoints and 3 epochs", proc)
         node = next(w for w in workers if w.node_id == first_nodes[victim])
         cluster.remove_node(node, allow_graceful=False)
         # Read after the node is gone: nothing of the lost attempt can be logged later.

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.committee import choose, main
-from analysis.committee_select import (
+from analysis.committee.cli import main
+from analysis.committee.measure import choose, measure
+from analysis.committee.output import format_table
+from analysis.committee.select import (
     DIVERSITY_TERMS,
-    SELECTORS,
     Candidate,
     CommitteeError,
     ValView,
@@ -106,11 +108,10 @@ class Poison:
         raise AssertionError("selection read test data (indexing)")
 
 
-@pytest.mark.parametrize("selector", sorted(SELECTORS))
 @pytest.mark.parametrize("how", ["probs", "logits"])
 @pytest.mark.parametrize("rule", RULES, ids=str)
 @pytest.mark.parametrize("diversity", DIVERSITY_COMBOS, ids=",".join)
-def test_selector_contract(selector, diversity, rule, how):
+def test_selector_contract(diversity, rule, how):
     cands = make_candidates(ERRORS)
     views = [c.val_view() for c in cands]
     kwargs = dict(
@@ -120,7 +121,7 @@ def test_selector_contract(selector, diversity, rule, how):
         size=rule["size"],
         max_size=rule.get("max_size", 5),
     )
-    sel = SELECTORS[selector](views, **kwargs)
+    sel = select(views, **kwargs)
     accs = [accuracy(c.val_logits, c.val_labels) for c in cands]
     best = int(np.argmax(accs))
 
@@ -138,7 +139,7 @@ def test_selector_contract(selector, diversity, rule, how):
     assert sel.curve[0] == accs[best]
 
     # deterministic
-    assert SELECTORS[selector](views, **kwargs) == sel
+    assert select(views, **kwargs) == sel
     # never reads test data: shuffled test logits change nothing, poisoned ones are not touched
     rng = np.random.default_rng(1)
     shuffled = [dataclasses.replace(c, test_logits=rng.permutation(c.test_logits)) for c in cands]
@@ -149,6 +150,27 @@ def test_selector_contract(selector, diversity, rule, how):
     for variant in (shuffled, poisoned):
         again = choose(variant, **kwargs)
         assert again.members == sel.members
+
+
+def test_table_puts_every_figure_under_its_header():
+    cands = make_candidates(ERRORS)
+    for c in cands:
+        c.info["trial_id"] = f"trial_{c.run_id}_with_a_long_suffix"
+    sel = choose(cands, size=3, max_size=5, tolerance=0.05, diversity=DIVERSITY_TERMS,
+                 combine_how="probs")  # fmt: skip
+    table = format_table(measure(cands, sel, DIVERSITY_TERMS, "probs"), "header", "probs")
+    lines = table.splitlines()
+    head = lines[2]
+    members, committee, gain = lines[3:6], lines[6], lines[7]
+    assert committee.startswith("committee (mean softmax)") and gain.startswith("gain over")
+    for title in ("val%", "test%"):
+        end = head.index(title) + len(title)  # right-aligned: figures end where the title does
+        for line in [*members, committee, gain]:
+            assert re.fullmatch(r" *[+-]?\d+\.\d\d", line[end - 6 : end]), (title, line)
+            assert line[end : end + 1] in ("", " "), (title, line)
+    for title in ("heads", "embed", "depth", *DIVERSITY_TERMS):
+        end = head.index(title[:6]) + len(title[:6])
+        assert all(line[end - 1] != " " and line[end : end + 1] in ("", " ") for line in members)
 
 
 def test_selectors_structurally_get_no_test_arrays():

@@ -28,12 +28,7 @@ from orchestrator.overhead import overhead_row, trial_overheads
 GOLDEN = {"cct_7_3x1_32": 3_760_139, "cct_7_3x2_32": 3_853_259}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # steadier on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.key)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import build_page, main
-from analysis.report_data import SweepData, Trial, collect
-from analysis.report_latency import finalists, pareto_front
-from analysis.report_verdicts import (
+from analysis.report.cli import build_page, main
+from analysis.report.collect import SweepData, Trial, collect
+from analysis.report.latency import finalists
+from analysis.report.verdicts import (
     HELD,
     NO_DATA,
     NOT_HELD,
@@ -33,6 +33,7 @@ from analysis.report_verdicts import (
     spearman,
     specialisation_verdict,
 )
+from analysis.shp.summary import read_summary
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
@@ -139,8 +140,8 @@ def test_conv_blocks_faster_without_losing_accuracy():
 
 def test_pareto_front_of_accuracy_against_macs():
     pts = [("a", 0.95, 100.0), ("b", 0.97, 300.0), ("c", 0.94, 200.0), ("d", 0.97, 250.0)]
-    assert pareto_front(pts) == ["d", "a"]
     trials = [hand_trial(f"r{i}", 4, 0, val, macs=m) for i, (_, val, m) in enumerate(pts)]
+    assert finalists(trials) == ["r3", "r0"]  # the front ("d", "a"), best accuracy first
     assert finalists(trials, cap=1) == ["r3"]
 
 
@@ -197,7 +198,8 @@ def hand_trial(run_id, heads, conv, val, *, test=None, macs=1e6, shp=None, seed=
         "latency_ms": 1.0 + conv,
     }
     tags = {"latency_shared": "true", "device": "cpu (1 threads)", "precision": "fp32"}
-    return Trial(run_id, f"trial_{run_id}", arch, seed, metrics, tags, shp)
+    summary = None if shp is None else read_summary(shp)
+    return Trial(run_id, f"trial_{run_id}", arch, seed, metrics, tags, summary)
 
 
 def hand_sweep(with_shp: bool = True) -> SweepData:
@@ -493,7 +495,7 @@ def test_report_opens_in_a_headless_browser_with_every_picture(real_report, tmp_
 
 
 def test_parser_has_the_documented_options():
-    from analysis.report import build_parser
+    from analysis.report.cli import build_parser
 
     p = build_parser()
     args = p.parse_args(["--experiment", "x", "--no-remeasure"])

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 import cct
-from analysis.features import AnalysisError, BlockUnits
-from analysis.pipeline import ShpOptions, analyze_features, analyze_model
-from analysis.readout import FaithfulRecipe
+from analysis.shp.features import AnalysisError, BlockUnits
+from analysis.shp.pipeline import ShpOptions, analyze_features, analyze_model
+from analysis.shp.readout import FaithfulRecipe
 from cct.config import DataConfig
 from cct.data import AugmentSpec, DeviceData, load_dataset, normalize
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-thread OpenMP on a shared 2-core box is many times slower for these tiny tensors
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------

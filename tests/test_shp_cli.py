@@ -9,20 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from analysis.shp import main
+from analysis.shp.cli import main
+from analysis.shp.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +76,18 @@ def test_cli_writes_summary_arrays_and_pictures(checkpoint, tmp_path):
         for name in ("normalized", "binary"):
             assert (out / f"block_{b['block']}_{name}.png").stat().st_size > 1000
     assert (out / "blocks.png").stat().st_size > 1000
+
+    # the typed reader sees the same file field for field
+    typed = read_summary(out / "summary.json")
+    assert typed.num_classes == summary["num_classes"] == 10 and typed.units == "heads"
+    assert [t.block for t in typed.head_blocks] == [0, 1]
+    for t, b in zip(typed.blocks, summary["blocks"]):
+        assert (t.readout_accuracy, t.snr_labels, t.noise_free) == (
+            b["readout_accuracy"], b["snr_labels"], b["noise_free"]
+        )  # fmt: skip
+        assert [list(s) for s in t.label_sets] == b["label_sets"]
+        assert list(t.unit_noise) == b["unit_noise"] and t.extra["seconds"] == b["seconds"]
+        assert typed.label_count(t) == 10
 
 
 @pytest.mark.parametrize(
@@ -150,7 +157,7 @@ def test_sweep_hook_analyze_checkpoint_then_log_with_a_client(checkpoint, tmp_pa
     # the call the sweep worker makes at the end of a trial (orchestrator/worker.py)
     from mlflow.tracking import MlflowClient
 
-    from analysis import analyze_checkpoint, log_to_mlflow
+    from analysis.shp import analyze_checkpoint, log_to_mlflow
 
     out = tmp_path / "shp"
     summary = analyze_checkpoint(
@@ -176,7 +183,7 @@ def test_sweep_hook_analyze_checkpoint_then_log_with_a_client(checkpoint, tmp_pa
 
 def test_analysis_never_imports_ray():
     code = (
-        "import sys, analysis, analysis.shp, analysis.pipeline, analysis.mlflow_io, analysis.plots;"
+        "import sys, analysis, analysis.shp, analysis.shp.pipeline, analysis.shp.mlflow_io, analysis.shp.plots;"
         "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'orchestrator')));"
         "assert not bad, bad"
     )

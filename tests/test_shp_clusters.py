@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis.andc import andc_mask
-from analysis.clusters import binarize, cluster_index, find_clusters, noise, normalize
-from analysis.pipeline import jsonable
-from analysis.stats import cluster_stats, label_sets, specialisation
+from analysis.shp.andc import andc_mask
+from analysis.shp.clusters import binarize, cluster_index, find_clusters, noise, normalize
+from analysis.shp.pipeline import jsonable
+from analysis.shp.stats import cluster_stats, label_sets, specialisation
 
 
 def ones_at(k, cells):

@@ -53,14 +53,7 @@ NO_RANDOMNESS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine every
-    # OpenMP barrier can wait a whole time slice for a descheduled thread: one is steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**flat: Any) -> TrainConfig:

@@ -46,7 +46,7 @@ from typing import Literal
 
 import numpy as np
 
-from analysis.committee_select import default_tolerance
+from analysis.committee.select import default_tolerance
 
 Status = Literal["held", "not held", "not enough data"]
 HELD, NOT_HELD, NO_DATA = "held", "not held", "not enough data"

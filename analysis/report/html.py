@@ -8,7 +8,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from analysis.report_verdicts import Verdict
+from analysis.report.verdicts import Verdict
 
 BADGE = {"held": "held", "not held": "not-held", "not enough data": "no-data"}
 

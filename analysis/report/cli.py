@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import logging
-import os
 import shutil
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,9 +24,7 @@ from typing import TYPE_CHECKING
 from cct.cli import OneLineParser, fail
 
 if TYPE_CHECKING:
-    from analysis.report_data import SweepData
-
-REPORT_ARTIFACT = "report"
+    from analysis.report.collect import SweepData
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet() -> None:
-    """MLflow's progress bars, logs and warnings would break the one-line error contract."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.latency_runs < 1:
@@ -78,11 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail("--device cuda: no CUDA device is visible")
     if args.out.is_dir():
         fail(f"--out {args.out}: is a folder; give a file name such as report.html")
-    _quiet()
+    from analysis.runs import default_tracking_uri, open_store, quiet_mlflow
 
-    from analysis.committee_io import default_tracking_uri, open_store
-    from analysis.committee_select import CommitteeError
-    from analysis.report_data import ReportError, collect
+    quiet_mlflow()
+    from analysis.report.collect import ReportError, collect
+    from analysis.runs import REPORT_DIR, RunLookupError
 
     uri = args.tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="cct-report-") as tmp:
@@ -94,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sweep_run_id=args.sweep_run_id,
                 workdir=Path(tmp),
             )
-        except (ReportError, CommitteeError) as e:
+        except (ReportError, RunLookupError) as e:
             fail(str(e))
         page = build_page(
             data,
@@ -113,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             staged = Path(tmp) / "stage" / "report.html"
             staged.parent.mkdir()
             shutil.copyfile(args.out, staged)
-            client.log_artifact(data.sweep_run_id, str(staged), REPORT_ARTIFACT)
-    where = "" if args.no_log else f"; logged as {REPORT_ARTIFACT}/report.html on run "
+            client.log_artifact(data.sweep_run_id, str(staged), REPORT_DIR)
+    where = "" if args.no_log else f"; logged as {REPORT_DIR}/report.html on run "
     print(f"wrote {args.out}{where}{'' if args.no_log else data.sweep_run_id}")
     return 0
 
@@ -125,7 +110,7 @@ def _fetcher(uri: str) -> Callable[[str, Path], Path]:
     def fetch(run_id: str, dst: Path) -> Path:
         from mlflow.exceptions import MlflowException
 
-        from analysis.mlflow_io import download_checkpoint
+        from analysis.shp.mlflow_io import download_checkpoint
 
         try:
             return download_checkpoint(run_id, dst, uri)
@@ -147,10 +132,10 @@ def build_page(
 ) -> str:
     """Latencies (re-measured through `fetch`, or the logged ones when None), verdicts,
     sections, HTML."""
-    from analysis.report_evidence import verdicts
-    from analysis.report_html import Page, render
-    from analysis.report_latency import latencies
-    from analysis.report_sections import (
+    from analysis.report.evidence import verdicts
+    from analysis.report.html import Page, render
+    from analysis.report.latency import latencies
+    from analysis.report.sections import (
         accuracy_section,
         committee_section,
         heads_section,
@@ -197,7 +182,3 @@ def build_page(
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

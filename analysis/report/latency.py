@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.report_data import Trial
+from analysis.pareto import pareto_front
+from analysis.report.collect import Trial
 
 MAX_FINALISTS = 4
 
@@ -31,26 +32,12 @@ class Latency:
     note: str = ""
 
 
-def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
-    """Ids of (id, accuracy, macs) points no other point dominates (accuracy at least as
-    high and MACs at most as high, better on one), best accuracy first."""
-    front = []
-    for pid, acc, macs in points:
-        dominated = any(a >= acc and m <= macs and (a > acc or m < macs) for _, a, m in points)
-        if not dominated:
-            front.append((pid, acc, macs))
-    front.sort(key=lambda p: (-p[1], p[2], p[0]))
-    return [p[0] for p in front]
-
-
 def finalists(trials: Sequence[Trial], cap: int = MAX_FINALISTS) -> list[str]:
     """Run ids of the Pareto front of validation accuracy against MACs, at most `cap`."""
-    pts = [
-        (t.run_id, t.metric("val_accuracy"), t.metric("macs"))
-        for t in trials
-        if t.metric("val_accuracy") is not None and t.metric("macs") is not None
-    ]
-    return pareto_front(pts)[:cap]  # type: ignore[arg-type]
+    rows = [{"run_id": t.run_id, **t.metrics} for t in trials]
+    front = pareto_front(rows, (("val_accuracy", "max"), ("macs", "min")))
+    front.sort(key=lambda r: (-r["val_accuracy"], r["macs"], r["run_id"]))  # best first
+    return [r["run_id"] for r in front[:cap]]
 
 
 def best_per_conv_blocks(trials: Sequence[Trial]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from analysis.readout import FaithfulRecipe, FastRecipe
+from analysis.shp.readout import FaithfulRecipe, FastRecipe
 
 
 @dataclass(frozen=True)

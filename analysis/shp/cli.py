@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from analysis.features import UNITS, AnalysisError
-from analysis.pipeline import ShpOptions
+from analysis.shp.features import UNITS, AnalysisError
+from analysis.shp.pipeline import ShpOptions
 from cct.cli import OneLineParser, fail
 
 
@@ -92,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     # imported here so `--help` and argument errors stay fast
     from mlflow.exceptions import MlflowException
 
-    from analysis.pipeline import analyze_checkpoint
+    from analysis.shp.pipeline import analyze_checkpoint
     from cct.config import ConfigError
     from cct.data import DatasetError
 
     with tempfile.TemporaryDirectory(prefix="shp-ckpt-") as tmp:
         try:
             if args.run_id:
-                from analysis.mlflow_io import download_checkpoint
+                from analysis.shp.mlflow_io import download_checkpoint
 
                 path = download_checkpoint(args.run_id, Path(tmp), args.tracking_uri)
             else:
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 options=options,
             )
             if args.run_id:
-                from analysis.mlflow_io import log_to_mlflow
+                from analysis.shp.mlflow_io import log_to_mlflow
 
                 log_to_mlflow(summary, args.out, args.run_id, tracking_uri=args.tracking_uri)
         except (AnalysisError, FileNotFoundError, ConfigError, DatasetError, MlflowException) as e:
@@ -139,7 +138,3 @@ def _print_summary(summary: dict, out: Path) -> None:
             f"{fmt(b['snr_labels']):>7} {fmt(b['snr_area']):>8}"
         )
     print(f"written to {out}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

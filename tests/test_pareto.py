@@ -1,6 +1,6 @@
-"""The end-of-sweep Pareto front."""
+"""The Pareto front (analysis/pareto.py), as the sweep summary and the report use it."""
 
-from orchestrator.summary import pareto_front
+from analysis.pareto import pareto_front
 
 OBJECTIVES = (("val_accuracy", "max"), ("latency_ms", "min"))
 

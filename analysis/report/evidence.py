@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any
 
-from analysis.report_data import SweepData, Trial
-from analysis.report_figures import BlockPoint
-from analysis.report_latency import Latency
-from analysis.report_verdicts import (
+from analysis.report.collect import SweepData, Trial
+from analysis.report.figures import BlockPoint
+from analysis.report.latency import Latency
+from analysis.report.verdicts import (
     BlockSnr,
     CommitteeFigures,
     ConvModel,
@@ -24,6 +23,7 @@ from analysis.report_verdicts import (
     snr_verdict,
     specialisation_verdict,
 )
+from analysis.shp.summary import BlockSummary
 
 
 def values(trials: Sequence[Trial], key: str) -> list[float]:
@@ -39,8 +39,8 @@ def by_arch(trials: Sequence[Trial]) -> dict[str, list[Trial]]:
     return out
 
 
-def head_blocks(t: Trial) -> list[dict[str, Any]]:
-    return [b for b in (t.shp or {}).get("blocks", []) if b.get("unit") == "head"]
+def head_blocks(t: Trial) -> tuple[BlockSummary, ...]:
+    return t.shp.head_blocks if t.shp else ()
 
 
 # --------------------------------------------------------------------------------------
@@ -52,27 +52,27 @@ def block_curves(trials: Sequence[Trial]) -> dict[str, list[BlockPoint]]:
     out; noise-free only when every seed is)."""
     out = {}
     for arch, group in by_arch(trials).items():
-        per_block: dict[int, list[dict[str, Any]]] = {}
+        per_block: dict[int, list[BlockSummary]] = {}
         for t in group:
-            for b in (t.shp or {}).get("blocks", []):
-                per_block.setdefault(int(b["block"]), []).append(b)
+            for b in t.shp.blocks if t.shp else ():
+                per_block.setdefault(b.block, []).append(b)
         if per_block:
             out[arch] = [_mean_block(b, entries) for b, entries in sorted(per_block.items())]
     return out
 
 
-def _mean_block(block: int, entries: list[dict[str, Any]]) -> BlockPoint:
+def _mean_block(block: int, entries: list[BlockSummary]) -> BlockPoint:
     def mean(key: str) -> float | None:
-        xs = [e[key] for e in entries if e.get(key) is not None]
+        xs = [x for e in entries if (x := getattr(e, key)) is not None]
         return statistics.fmean(xs) if xs else None
 
     return BlockPoint(
         block=block,
-        kind=str(entries[0].get("kind", "transformer")),
+        kind=entries[0].kind,
         readout_accuracy=mean("readout_accuracy"),
         snr_labels=mean("snr_labels"),
         snr_area=mean("snr_area"),
-        noise_free=all(bool(e.get("noise_free")) for e in entries),
+        noise_free=all(e.noise_free for e in entries),
     )
 
 
@@ -96,7 +96,7 @@ def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
         ]
         for arch, pts in curves.items()
     }
-    seqpool = any((t.shp or {}).get("pooling") == "seqpool" for t in data.trials)
+    seqpool = any(t.shp is not None and t.shp.pooling == "seqpool" for t in data.trials)
     heads = [hb for t in data.trials if (hb := last_head_block(t)) is not None]
     models = [
         ModelAccuracy(
@@ -139,12 +139,12 @@ def last_head_block(t: Trial) -> HeadBlock | None:
     b = blocks[-1]
     return HeadBlock(
         trial=t.trial_id,
-        block=int(b["block"]),
-        num_classes=len(b.get("heads_per_label") or []) or int(t.shp.get("num_classes", 0)),
-        num_units=int(b["num_units"]),
-        units_with_cluster=int(b["units_with_cluster"]),
-        mean_labels_in_clusters=b.get("mean_labels_in_clusters"),
-        mean_noise=b.get("mean_noise"),
-        snr_labels=b.get("snr_labels"),
-        noise_free=bool(b.get("noise_free")),
+        block=b.block,
+        num_classes=t.shp.label_count(b),
+        num_units=b.num_units,
+        units_with_cluster=b.units_with_cluster,
+        mean_labels_in_clusters=b.mean_labels_in_clusters,
+        mean_noise=b.mean_noise,
+        snr_labels=b.snr_labels,
+        noise_free=b.noise_free,
     )

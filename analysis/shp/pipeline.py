@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.andc import andc_mask, andc_prune, node_label_sets
-from analysis.clusters import binarize, cluster_index, find_clusters, normalize
-from analysis.features import (
+from analysis.shp.andc import andc_mask, andc_prune, node_label_sets
+from analysis.shp.clusters import binarize, cluster_index, find_clusters, normalize
+from analysis.shp.features import (
     UNITS,
     AnalysisError,
     BlockUnits,
@@ -58,11 +58,11 @@ from analysis.features import (
     model_extractor,
     resolve_blocks,
 )
-from analysis.fields import check_fields, unit_fields
-from analysis.options import ShpOptions
-from analysis.passes import HeldOut, fit_readouts, heldout_pass, sync_time
-from analysis.readout import Fit, Pooling, Readout
-from analysis.stats import cluster_stats, label_sets, overlap_matrix, specialisation
+from analysis.shp.fields import check_fields, unit_fields
+from analysis.shp.options import ShpOptions
+from analysis.shp.passes import HeldOut, fit_readouts, heldout_pass, sync_time
+from analysis.shp.readout import Fit, Pooling, Readout
+from analysis.shp.stats import cluster_stats, label_sets, overlap_matrix, specialisation
 from cct.checkpoint import unwrap
 from cct.data import DeviceData
 from cct.models import CCT
@@ -225,7 +225,7 @@ def analyze_features(
         summary["blocks"].append(entry)
     seconds["analysis"] = sync_time(t)
     if options.plots:
-        from analysis.plots import plot_blocks  # matplotlib only when drawing
+        from analysis.shp.plots import plot_blocks  # matplotlib only when drawing
 
         tp = time.perf_counter()
         plot_blocks(summary["blocks"], out_dir / "blocks.png")
@@ -312,7 +312,7 @@ def _analyse_block(
         **arrays,
     )
     if options.plots:
-        from analysis.plots import plot_unit_matrices
+        from analysis.shp.plots import plot_unit_matrices
 
         title = f"block {b} ({lay.kind}), {lay.unit}s, readout acc {acc:.3f}"
         for name, mats, is_binary in (("normalized", normalized, False), ("binary", binary, True)):

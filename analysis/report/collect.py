@@ -5,7 +5,7 @@
 The sweep's parent run (tag role=sweep: the given one, else the experiment's latest), its
 finished trial runs (tag role=trial) with their params, final metrics, tags and optional
 `shp/summary.json`, the split sizes from the best trial's logits, and the latest committee run
-of that sweep (tag role=committee, see analysis/committee_io.py) with its committee.json.
+of that sweep (tag role=committee, see analysis/runs.py) with its committee.json.
 Everything the user can get wrong (unknown experiment or run, no finished trial) raises
 ReportError naming the value; a trial without analysis is kept, with `shp = None`.
 """
@@ -21,17 +21,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.committee_io import (
-    LOGITS_ARTIFACT,
-    SHP_SUMMARY_ARTIFACT,
-    architecture,
-    eligible,
-    find_sweep,
-    trial_runs,
-)
-from analysis.committee_select import CommitteeError
-
-COMMITTEE_JSON = "committee.json"
+from analysis import runs
+from analysis.shp.summary import ShpSummary, read_summary
 
 
 class ReportError(Exception):
@@ -48,7 +39,7 @@ class Trial:
     seed: int | None
     metrics: dict[str, float]  # val_accuracy, test_accuracy, macs, params, latency_ms, ...
     tags: dict[str, str]
-    shp: dict[str, Any] | None  # shp/summary.json, None when the trial has no analysis
+    shp: ShpSummary | None  # shp/summary.json, None when the trial has no analysis
 
     @property
     def name(self) -> str:
@@ -107,20 +98,20 @@ def collect(
 ) -> SweepData:
     """Everything the report shows except re-measured latency (see report_latency.py)."""
     try:
-        exp_id, sweep = find_sweep(client, experiment=experiment, sweep_run_id=sweep_run_id)
-    except CommitteeError as e:
+        exp_id, sweep = runs.find_sweep(client, experiment=experiment, sweep_run_id=sweep_run_id)
+    except runs.RunLookupError as e:
         raise ReportError(str(e)) from None
-    runs = trial_runs(client, exp_id, sweep.info.run_id)
-    finished = [r for r in runs if eligible(r, include_stopped=False)]
+    trial_runs = runs.trial_runs(client, exp_id, sweep.info.run_id)
+    finished = [r for r in trial_runs if runs.eligible(r, include_stopped=False)]
     if not finished:
         raise ReportError(
             f"sweep run {sweep.info.run_id} (experiment "
             f"{experiment or client.get_experiment(exp_id).name!r}) has no finished trial "
-            f"({len(runs)} trial run(s) in all)"
+            f"({len(trial_runs)} trial run(s) in all)"
         )
     not_finished: dict[str, int] = {}
     done = {r.info.run_id for r in finished}
-    for r in runs:
+    for r in trial_runs:
         if r.info.run_id not in done:
             not_finished[r.info.status] = not_finished.get(r.info.status, 0) + 1
     trials = [_trial(client, r, workdir) for r in finished]
@@ -130,7 +121,7 @@ def collect(
         experiment=client.get_experiment(exp_id).name,
         experiment_id=exp_id,
         sweep_run_id=sweep.info.run_id,
-        sweep_name=sweep.data.tags.get("sweep", ""),
+        sweep_name=sweep.data.tags.get(runs.SWEEP_TAG, ""),
         trials=trials,
         not_finished=not_finished,
         n_val=n_val,
@@ -143,31 +134,34 @@ def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
     seed = run.data.params.get("seed")
     return Trial(
         run_id=run.info.run_id,
-        trial_id=run.data.tags.get("trial_id", run.info.run_id[:8]),
-        arch=architecture(run.data.params),
+        trial_id=run.data.tags.get(runs.TRIAL_ID_TAG, run.info.run_id[:8]),
+        arch=runs.architecture(run.data.params),
         seed=int(seed) if seed not in (None, "None", "") else None,
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
-        shp=_json_artifact(client, run.info.run_id, SHP_SUMMARY_ARTIFACT, workdir),
+        shp=_shp_summary(client, run.info.run_id, workdir),
     )
 
 
 def _json_artifact(client: MlflowClient, run_id: str, path: str, workdir: Path) -> Any:
-    dst = workdir / run_id
-    dst.mkdir(parents=True, exist_ok=True)
     try:
-        local = client.download_artifacts(run_id, path, str(dst))
-        return json.loads(Path(local).read_text())
+        return json.loads(runs.download(client, run_id, path, workdir).read_text())
     except (MlflowException, OSError, ValueError):
+        return None
+
+
+def _shp_summary(client: MlflowClient, run_id: str, workdir: Path) -> ShpSummary | None:
+    doc = _json_artifact(client, run_id, runs.SHP_SUMMARY_ARTIFACT, workdir)
+    try:
+        return None if doc is None else read_summary(doc)
+    except ValueError:
         return None
 
 
 def _split_sizes(client: MlflowClient, run_id: str, workdir: Path) -> tuple[int | None, ...]:
     """(validation, test) sample counts from a trial's logits; None when it has none."""
-    dst = workdir / run_id
-    dst.mkdir(parents=True, exist_ok=True)
     try:
-        local = client.download_artifacts(run_id, LOGITS_ARTIFACT, str(dst))
+        local = runs.download(client, run_id, runs.LOGITS_ARTIFACT, workdir)
         with np.load(local, allow_pickle=False) as z:
             return len(z["val_labels"]), len(z["test_labels"])
     except (MlflowException, OSError, KeyError, ValueError):
@@ -177,17 +171,11 @@ def _split_sizes(client: MlflowClient, run_id: str, workdir: Path) -> tuple[int 
 def _committee(
     client: MlflowClient, exp_id: str, sweep_run_id: str, workdir: Path
 ) -> Committee | None:
-    runs = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.role = 'committee' and tags.sweep_run_id = '{sweep_run_id}' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
+    run = runs.latest_committee_run(client, exp_id, sweep_run_id)
+    if run is None:
         return None
-    run_id = runs[0].info.run_id
-    doc = _json_artifact(client, run_id, COMMITTEE_JSON, workdir)
+    run_id = run.info.run_id
+    doc = _json_artifact(client, run_id, runs.COMMITTEE_JSON, workdir)
     if not doc or not doc.get("members"):
         return None
     return Committee(

@@ -16,9 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from analysis.features import BlockUnits, Extractor, batches, cache_budget, collect_train_features
-from analysis.options import ShpOptions
-from analysis.readout import Fit, Pooling, Readout, faithful_optimizer, fit_linear, train_readouts
+from analysis.shp.features import (
+    BlockUnits,
+    Extractor,
+    batches,
+    cache_budget,
+    collect_train_features,
+)
+from analysis.shp.options import ShpOptions
+from analysis.shp.readout import (
+    Fit,
+    Pooling,
+    Readout,
+    faithful_optimizer,
+    fit_linear,
+    train_readouts,
+)
 from cct.data import DeviceAugment, DeviceData
 from cct.data import normalize as normalize_images
 

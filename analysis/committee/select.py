@@ -318,6 +318,3 @@ def select(
         rejected=rejected,
         unavailable=unavailable,
     )
-
-
-SELECTORS = {"greedy": select}  # every selector passes tests/test_committee.py's contract

@@ -14,25 +14,18 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-ARTIFACT_PATH = "shp"
-CHECKPOINT_ARTIFACT = "checkpoint"
-# per-block summary key -> MLflow metric (step = block index), so the UI draws them
-BLOCK_METRICS = {
-    "readout_accuracy": "shp_readout_accuracy",
-    "snr_labels": "shp_snr_labels",
-    "snr_area": "shp_snr_area",
-}
+from analysis.runs import CHECKPOINT_DIR, SHP_BLOCK_METRICS, SHP_DIR
 
 
 def download_checkpoint(run_id: str, dst: Path, tracking_uri: str | None = None) -> Path:
     """Download the run's `checkpoint/` artifact folder into `dst`; returns its local path."""
     client = MlflowClient(tracking_uri=tracking_uri)
     client.get_run(run_id)  # a clear MlflowException for an unknown run id
-    local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(dst))
+    local = client.download_artifacts(run_id, CHECKPOINT_DIR, str(dst))
     path = Path(local)
     if not (path / "model.json").is_file():
         raise FileNotFoundError(
-            f"run {run_id} has no checkpoint: artifact '{CHECKPOINT_ARTIFACT}/model.json' missing"
+            f"run {run_id} has no checkpoint: artifact '{CHECKPOINT_DIR}/model.json' missing"
         )
     return path
 
@@ -55,12 +48,12 @@ def log_to_mlflow(
             raise ValueError("log_to_mlflow: no run_id given and no active MLflow run")
         run_id = active.info.run_id
     client = client or MlflowClient(tracking_uri=tracking_uri)
-    client.log_artifacts(run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
+    client.log_artifacts(run_id, str(out_dir), artifact_path=SHP_DIR)
     now = int(time.time() * 1000)
     metrics = [
         Metric(name, float(block[key]), now, int(block["block"]))
         for block in summary.get("blocks", [])
-        for key, name in BLOCK_METRICS.items()
+        for key, name in SHP_BLOCK_METRICS.items()
         if block.get(key) is not None
     ]
     for i in range(0, len(metrics), 1000):  # MLflow's batch limit

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.clusters import binarize, normalize
-from analysis.fields import unit_fields
-from analysis.readout import fit_linear
-from analysis.stats import label_sets
+from analysis.shp.clusters import binarize, normalize
+from analysis.shp.fields import unit_fields
+from analysis.shp.readout import fit_linear
+from analysis.shp.stats import label_sets
 
 
 def andc_mask(sets: np.ndarray, unit_size: int = 1) -> np.ndarray:

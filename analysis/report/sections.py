@@ -7,12 +7,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from analysis import report_figures as figs
-from analysis.report_data import SweepData, Trial, arch_label
-from analysis.report_evidence import block_curves, by_arch, head_blocks, last_head_block, values
-from analysis.report_html import Section, Table
-from analysis.report_latency import Latency, finalists
-from analysis.report_verdicts import (
+from analysis.report import figures as figs
+from analysis.report.collect import SweepData, Trial, arch_label
+from analysis.report.evidence import block_curves, by_arch, head_blocks, last_head_block, values
+from analysis.report.html import Section, Table
+from analysis.report.latency import Latency, finalists
+from analysis.report.verdicts import (
     CONV_RULE,
     SEQPOOL_RULE,
     SNR_RULE,
@@ -41,7 +41,7 @@ def mean_sd(xs: Sequence[float]) -> str:
 
 def missing_shp(trials: Sequence[Trial]) -> list[str]:
     """One message naming the trials without analysis, or none."""
-    lacking = [t for t in trials if not (t.shp or {}).get("blocks")]
+    lacking = [t for t in trials if not (t.shp and t.shp.blocks)]
     if not lacking:
         return []
     names = ", ".join(f"{t.trial_id} (run {t.run_id[:8]})" for t in lacking)
@@ -101,7 +101,7 @@ def snr_section(data: SweepData) -> Section:
                 for v in (p.snr_labels, p.snr_area)
             ]
             rows.append([arch, str(p.block), p.kind, pct(p.readout_accuracy), *snr])
-    pooling = sorted({str((t.shp or {}).get("pooling")) for t in data.trials if t.shp})
+    pooling = sorted({str(t.shp.pooling) for t in data.trials if t.shp})
     return Section(
         **common,
         caption="Per block, a fresh readout trained on the frozen block's head outputs: its "
@@ -143,19 +143,19 @@ def heads_section(data: SweepData) -> Section:
             f"showing the best analysed one, {t.trial_id}.",
         ]
     blocks = head_blocks(t)
-    k = len(blocks[0].get("heads_per_label") or []) or int(t.shp.get("num_classes", 0))
-    sets = [figs.HeadSets(int(b["block"]), b.get("label_sets") or [], k) for b in blocks]
+    k = t.shp.label_count(blocks[0])
+    sets = [figs.HeadSets(b.block, [list(s) for s in b.label_sets], k) for b in blocks]
     per_head = Table(
         ["block", "head", "labels recognised", "noise"],
         [
             [
-                str(b["block"]),
+                str(b.block),
                 str(h),
                 " ".join(map(str, labels)) or "(none)",
-                str((b.get("unit_noise") or ["-"] * (h + 1))[h]),
+                str(b.unit_noise[h]) if h < len(b.unit_noise) else "-",
             ]
             for b in blocks
-            for h, labels in enumerate(b.get("label_sets") or [])
+            for h, labels in enumerate(b.label_sets)
         ],
         f"best model {t.trial_id} ({t.name})",
     )
@@ -163,12 +163,11 @@ def heads_section(data: SweepData) -> Section:
         ["block", "coverage", "heads/label (mean, min–max)", "labels/head", "Jaccard overlap"],
         [
             [
-                str(b["block"]),
-                pct(b.get("coverage")) + " %",
-                f"{num(b.get('heads_per_label_mean'))} ({b.get('heads_per_label_min')}–"
-                f"{b.get('heads_per_label_max')})",
-                num(b.get("label_set_size_mean")),
-                num(b.get("pairwise_jaccard_mean")),
+                str(b.block),
+                pct(b.coverage) + " %",
+                f"{num(b.heads_per_label_mean)} ({b.heads_per_label_min}–{b.heads_per_label_max})",
+                num(b.label_set_size_mean),
+                num(b.pairwise_jaccard_mean),
             ]
             for b in blocks
         ],
@@ -376,7 +375,7 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
             _count(t.metric("params")),
             num(t.metric("latency_ms"), 3),
             num(lat[t.run_id].latency_ms, 3) if lat[t.run_id].source == "re-measured" else "",
-            "yes" if (t.shp or {}).get("blocks") else "missing",
+            "yes" if t.shp and t.shp.blocks else "missing",
         ]
         for t in data.trials
     ]
@@ -408,7 +407,7 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
 
 
 def methods_section(verdict_list: Sequence[Verdict]) -> Section:
-    from analysis.report_verdicts import THRESHOLDS
+    from analysis.report.verdicts import THRESHOLDS
 
     rows = [[v.claim, v.rule, "; ".join(v.reconstructed) or "-"] for v in verdict_list]
     details = [
@@ -421,7 +420,7 @@ def methods_section(verdict_list: Sequence[Verdict]) -> Section:
     return Section(
         id="methods",
         title="How the verdicts are reached",
-        caption="Thresholds are this report's own (analysis/report_verdicts.py: "
+        caption="Thresholds are this report's own (analysis/report/verdicts.py: "
         + ", ".join(f"{k}={v}" for k, v in THRESHOLDS.items())
         + "). Rules marked [reconstructed] in SPEC could not be read from the papers: "
         f"{SNR_RULE}; {CONV_RULE}; {SEQPOOL_RULE}.",

@@ -1,5 +1,5 @@
 """The report's pictures, drawn from plain data into PNG bytes (matplotlib's Agg backend, set by
-analysis.plots). One function per section; none reads MLflow or files."""
+analysis.shp.plots). One function per section; none reads MLflow or files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.plots import plt
+from analysis.shp.plots import plt
 
 VAL, TEST = "#2f6db5", "#d9822b"  # validation blue, test orange, throughout the page
 DPI = 100

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.clusters import noise
+from analysis.shp.clusters import noise
 
 
 def _mean(a: np.ndarray) -> float | None:

@@ -1,0 +1,210 @@
+"""The MLflow run contract: how a sweep's runs are tagged, where their artifacts live, and how
+they are found again. `orchestrator/` writes through these names and every reader (the
+committee, the report, the SHP CLI) reads through them, so a path or a tag is spelled once.
+
+    experiment (one per sweep name)
+      sweep run       tags role=sweep, sweep=<name>                    artifacts sweep/, report/
+        trial runs    tags role=trial, trial_id, mlflow.parentRunId    artifacts checkpoint/,
+                                                                       logits/logits.npz, shp/
+      committee runs  tags role=committee, sweep_run_id                artifacts committee.json
+
+Explicit `MlflowClient(tracking_uri)` everywhere: Tune changes each trial's working directory
+and runs trials in other processes, so no global MLflow state is relied on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+# tags
+ROLE = "role"
+SWEEP_ROLE, TRIAL_ROLE, COMMITTEE_ROLE = "sweep", "trial", "committee"
+SWEEP_TAG = "sweep"  # the sweep's name, on sweep and committee runs
+SWEEP_RUN_TAG = "sweep_run_id"  # on committee runs
+TRIAL_ID_TAG = "trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+STOPPED_EARLY_TAG = "stopped_early"  # "true" on trials a scheduler stopped
+
+# artifact paths, relative to a run's artifact root
+CHECKPOINT_DIR = "checkpoint"  # model.json + model.pt (cct/checkpoint.py)
+LOGITS_DIR, LOGITS_FILE = "logits", "logits.npz"
+LOGITS_ARTIFACT = f"{LOGITS_DIR}/{LOGITS_FILE}"
+LOGITS_KEYS = (
+    "val_logits",
+    "val_ids",
+    "val_labels",
+    "test_logits",
+    "test_ids",
+    "test_labels",
+    "split_hash",
+)
+SHP_DIR = "shp"
+SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
+SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
+REPORT_DIR = "report"
+COMMITTEE_JSON = "committee.json"
+# per-block SHP summary key -> MLflow metric (step = block index), so the UI draws them
+SHP_BLOCK_METRICS = {
+    "readout_accuracy": "shp_readout_accuracy",
+    "snr_labels": "shp_snr_labels",
+    "snr_area": "shp_snr_area",
+}
+
+
+class RunLookupError(Exception):
+    """A store, experiment or run the user named does not exist or is not what was asked
+    for; the message names the value (the CLIs answer with one line and exit 2)."""
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """The store every command uses unless told otherwise: $MLFLOW_TRACKING_URI (set on a
+    cluster's head by ray_cluster.yaml), else mlflow.db in the current folder as an absolute
+    URI (Tune changes the working directory of each trial)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def quiet_mlflow() -> None:
+    """MLflow's progress bars, logs and warnings would break a CLI's one-line error contract."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client on an existing store: a missing sqlite file is an error, not a new store."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise RunLookupError(f"no MLflow store at {tracking_uri} (give --tracking-uri)")
+    return MlflowClient(tracking_uri)
+
+
+def latest_sweep_run(client: MlflowClient, experiment_id: str, sweep: str | None = None) -> Any:
+    """The newest sweep run of the experiment (of that sweep name, if given), or None."""
+    where = f"tags.{ROLE} = '{SWEEP_ROLE}'"
+    if sweep is not None:
+        where += f" and tags.{SWEEP_TAG} = '{sweep}'"
+    runs = client.search_runs(
+        [experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def find_sweep(
+    client: MlflowClient, *, experiment: str | None, sweep_run_id: str | None
+) -> tuple[str, Any]:
+    """(experiment id, sweep run): the given sweep run, else the experiment's latest one."""
+    if sweep_run_id is not None:
+        try:
+            run = client.get_run(sweep_run_id)
+        except MlflowException:
+            raise RunLookupError(f"unknown sweep run {sweep_run_id!r}") from None
+        role = run.data.tags.get(ROLE)
+        if role != SWEEP_ROLE:
+            raise RunLookupError(
+                f"run {sweep_run_id} is not a sweep's parent run "
+                f"(tag {ROLE}={role!r}, expected {SWEEP_ROLE!r})"
+            )
+        return run.info.experiment_id, run
+    exp = client.get_experiment_by_name(experiment or "")
+    if exp is None or exp.lifecycle_stage == "deleted":
+        raise RunLookupError(f"unknown experiment {experiment!r}")
+    run = latest_sweep_run(client, exp.experiment_id)
+    if run is None:
+        raise RunLookupError(
+            f"experiment {experiment!r} has no sweep run (tag {ROLE}={SWEEP_ROLE})"
+        )
+    return exp.experiment_id, run
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> list:
+    """Every trial run of the sweep run, in a fixed order (run id) so selection ties are
+    broken the same way each time."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and tags.{ROLE} = '{TRIAL_ROLE}'",
+        max_results=10_000,
+    )
+    return sorted(runs, key=lambda r: r.info.run_id)
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, sweep_run_id: str, trial_id: str):
+    """The trial run of `trial_id` under `sweep_run_id`, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep_run_id}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def latest_committee_run(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> Any:
+    """The newest finished committee run of the sweep run, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{ROLE} = '{COMMITTEE_ROLE}' and tags.{SWEEP_RUN_TAG} = "
+        f"'{sweep_run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def eligible(run: Any, include_stopped: bool) -> bool:
+    """Finished trials; scheduler-stopped ones (KILLED + stopped_early) only when asked."""
+    if run.info.status == "FINISHED":
+        return True
+    stopped = run.data.tags.get(STOPPED_EARLY_TAG) == "true" and run.info.status == "KILLED"
+    return include_stopped and stopped
+
+
+def architecture(params: dict[str, str]) -> dict[str, Any]:
+    """The model's resolved architecture from the flat `model.*` params: "None" means the
+    variant's own value (cct/models/registry.py), filled in from the variant table."""
+    from cct.models.registry import VARIANTS  # plain data; no model is built
+
+    raw = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}
+    out: dict[str, Any] = dict(VARIANTS.get(raw.get("variant", ""), {}))
+    out["variant"] = raw.get("variant")
+    for key, text in raw.items():
+        if key != "variant" and text not in ("None", ""):
+            out[key] = _number(text)
+    if out.get("head_dim") is None and out.get("num_heads"):
+        width = out.get("attn_dim") or out.get("embed_dim")
+        out["head_dim"] = int(width) // int(out["num_heads"]) if width else None
+    return {
+        k: out.get(k)
+        for k in ("variant", "num_heads", "head_dim", "embed_dim", "conv_blocks", "depth")
+    }
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def download(client: MlflowClient, run_id: str, artifact: str, workdir: Path) -> Path:
+    """Download one artifact of the run into workdir/<run id>/; its local path."""
+    dst = workdir / run_id
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, artifact, str(dst)))
+
+
+def checkpoint_uri(run: Any) -> str:
+    return f"{run.info.artifact_uri.rstrip('/')}/{CHECKPOINT_DIR}"
