@@ -8,7 +8,6 @@ utilisation. Torch only (no ray, no mlflow), so it runs on a bare GPU box.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from cct.cli import OneLineParser, fail
 from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.shapes import dataset_shape
@@ -240,7 +240,7 @@ def parse_overrides(variant: str, sets: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cct.bench", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m cct.bench", description=__doc__.splitlines()[0])
     p.add_argument("--variant", required=True, help="registered variant, e.g. cct_7_3x1_32")
     p.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
     p.add_argument(
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
         resolve_settings(args.variant, **shape, **overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        fail(e)
 
     result = benchmark(
         args.variant,

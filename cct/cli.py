@@ -8,9 +8,11 @@ import sys
 from typing import NoReturn
 
 
-def fail(message: object) -> NoReturn:
-    """Print `message` as one `error:` line (newlines folded) and exit with code 2."""
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+def fail(*messages: object) -> NoReturn:
+    """Print each message as one `error:` line (newlines folded) and exit with code 2: a
+    validator that finds several problems reports them all at once."""
+    for message in messages:
+        print("error: " + " ".join(str(message).split()), file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -7,7 +7,6 @@ checkpoint (every epoch, for --resume), the final checkpoint, logits and metrics
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cct.cli import OneLineParser, fail
 from cct.config import ConfigError, TrainConfig, set_dotted
 
 EXAMPLE = "python -m cct.train --set data.dataset=digits --set optim.epochs=30"
@@ -123,7 +123,7 @@ def resume_mismatch(cfg: TrainConfig, checkpoint: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cct.train", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m cct.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML file with a TrainConfig (model/data/optim sections)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key"
@@ -138,19 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(args.config, args.set)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        fail(e)
     out = Path(args.out)
     resume_from = out / "checkpoint" if args.resume else None
     if resume_from is not None and not (resume_from / "model.json").exists():
-        print(f"error: --resume: no checkpoint in {resume_from}", file=sys.stderr)
-        return 2
+        fail(f"--resume: no checkpoint in {resume_from}")
 
     if resume_from is not None:
         problem = resume_mismatch(cfg, resume_from)
         if problem:
-            print(f"error: --resume: {problem}", file=sys.stderr)
-            return 2
+            fail(f"--resume: {problem}")
 
     from cct import dist
 
@@ -160,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, callbacks=ConsoleCallbacks(out, rank.is_main, cfg), resume_from=resume_from
         )
     except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        fail(e)
     except TrainingDiverged as e:
         print(f"failed: {e}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from cct.cli import OneLineParser
+from cct.cli import OneLineParser, fail
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
 from cct.perf.timing import load_average
 
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="report folder (bench.json/bench.md)")
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
-        print(f"error: --out {args.out}: not a folder", file=sys.stderr)
-        return 2
+        fail(f"--out {args.out}: not a folder")
     start = load_average()
     print(f"Ray overhead per trial (load average {start})", flush=True)
     with tempfile.TemporaryDirectory(prefix="cct-overhead-") as tmp:

@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from cct.cli import OneLineParser, fail
+
 EPILOG = """examples:
   python -m orchestrator.sweep                          # the offline quickstart on digits
   python -m orchestrator.sweep --dry-run                # validate and print the trial plan
@@ -22,7 +24,7 @@ environment (ray_cluster.yaml sets both on the head node):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m orchestrator.sweep",
         description=__doc__.splitlines()[0],
         epilog=EPILOG,
@@ -42,12 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(*lines: str) -> int:
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from search_spaces import SpecError, check_resources, format_plan, load_spec
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config, args.set, default_storage=os.environ.get("CCT_STORAGE_PATH") or None
         )
     except SpecError as e:
-        return fail(*e.errors)
+        fail(*e.errors)
 
     from orchestrator.tracking import default_tracking_uri
 
@@ -68,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
         errors = check_resources(spec, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
         if errors:
-            return fail(*errors)
+            fail(*errors)
     if args.dry_run:
         print(format_plan(spec, tracking_uri=tracking_uri))
         return 0
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             spec, tracking_uri=tracking_uri, address=address, resume=args.resume, fresh=args.fresh
         )
     except SweepRefused as e:
-        return fail(str(e))
+        fail(e)
 
 
 if __name__ == "__main__":

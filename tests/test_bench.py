@@ -98,7 +98,9 @@ def test_peak_table(name, peak):
 )
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, named):
     out = tmp_path / "bench.json"
-    assert bench.main([*args, "--json", str(out)]) == 2
+    with pytest.raises(SystemExit) as e:
+        bench.main([*args, "--json", str(out)])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not out.exists()

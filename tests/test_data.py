@@ -371,8 +371,12 @@ def test_fetch_cli_verifies_a_local_copy(tmp_path, monkeypatch, capsys):
 def test_fetch_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     from cct.data.__main__ import main
 
-    assert main(["cifar100", "--root", str(tmp_path), "--no-download"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["cifar100", "--root", str(tmp_path), "--no-download"])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cifar100: not found under") and "\n" not in err
-    assert main(["imagenet"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["imagenet"])
+    assert e.value.code == 2
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err

@@ -356,7 +356,9 @@ def test_cli_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
         assert np.isfinite(logits[f"{split}_logits"]).all()
 
     # --resume without a checkpoint is an error, not a fresh start.
-    assert train.main([*args, "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, "--out", str(tmp_path / "empty"), "--resume"])
+    assert e.value.code == 2
 
 
 def test_small_cct_reaches_96_percent_on_digits():

@@ -23,7 +23,6 @@ faithful) to the report of `python -m cct.perf` (cct/perf/report.py).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -38,6 +37,7 @@ import torch
 from analysis.shp.pipeline import ShpOptions, analyze_model
 from analysis.shp.readout import FaithfulRecipe
 from cct.checkpoint import load_model
+from cct.cli import OneLineParser
 from cct.config import TrainConfig
 from cct.data import DeviceAugment, load_dataset
 from cct.engine import NoCallbacks, build_model, fit, soft_cross_entropy
@@ -269,8 +269,8 @@ def analysis_row(report: dict) -> dict:
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = OneLineParser(prog="python -m analysis.bench", description=__doc__.split("\n")[0])
     p.add_argument("--train-steps", type=int, default=4)
     p.add_argument("--subset-train", type=int, default=1500)
     p.add_argument("--subset-heldout", type=int, default=500)
@@ -279,7 +279,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-agreement", action="store_true", help="skip the fast/faithful agreement")
     p.add_argument("--merge-into", type=Path, metavar="BENCH_JSON", help="add the row here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     start = load_average()
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(dev)

@@ -5,33 +5,30 @@ on the network."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from cct.cli import OneLineParser, fail
 from cct.config import DataConfig
 from cct.data.sources import DATASETS, DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cct.data", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m cct.data", description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="+", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--root", default=DataConfig.root, help="data folder (default: %(default)s)")
     p.add_argument("--no-download", action="store_true", help="only verify a local copy")
     args = p.parse_args(argv)
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
-        names = ", ".join(DATASETS)
-        print(f"error: unknown dataset {unknown[0]!r} (choose from {names})", file=sys.stderr)
-        return 2
+        fail(f"unknown dataset {unknown[0]!r} (choose from {', '.join(DATASETS)})")
     for name in args.names:
         start = time.perf_counter()
         cfg = DataConfig(dataset=name, root=args.root, download=not args.no_download)
         try:
             raw = DATASETS[name].read(cfg)
         except DatasetError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            fail(e)
         sizes = ", ".join(
             f"{part} {len(getattr(raw, part).y):,}"
             for part in ("train", "val", "test")

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from cct.cli import fail
 from cct.perf.cases import (
     SMALL_TRIAL,
     model_pair,
@@ -184,11 +185,7 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "--worker":
-        print(
-            "error: this is the suite's worker; run `python -m cct.perf --only sharing`",
-            file=sys.stderr,
-        )
-        return 2
+        fail("this is the suite's worker; run `python -m cct.perf --only sharing`")
     print(json.dumps(worker(json.loads(argv[1]))), flush=True)
     return 0
 
