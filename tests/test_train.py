@@ -305,7 +305,9 @@ def test_cli_reports_divergence_as_failed(tmp_path, capsys):
 )
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, key, value, named):
     out = tmp_path / "out"
-    rc = train.main([*cli_sets(), "--set", f"{key}={value}", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        train.main([*cli_sets(), "--set", f"{key}={value}", "--out", str(out)])
+    rc = e.value.code
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert rc == 2

@@ -174,7 +174,21 @@ def heads_section(data: SweepData) -> Section:
         "label coverage per block",
         wide=True,
     )
-    every = Table(
+    return Section(
+        **common,
+        missing=missing,
+        caption=f"Best model by validation accuracy ({t.trial_id}, {t.name}): per attention "
+        "block, the labels each head recognises (its diagonal after binarising the normalised "
+        "field matrix; SPEC 4.7) and how many heads recognise each label.",
+        image=figs.heads_figure(sets),
+        image_alt="label sets per head of the best model",
+        tables=[per_head, summary, _last_head_block_table(analysed)],
+    )
+
+
+def _last_head_block_table(analysed: Sequence[Trial]) -> Table:
+    """Every analysed trial's last attention block: what the specialisation verdict counts."""
+    return Table(
         [
             "trial",
             "architecture",
@@ -202,16 +216,27 @@ def heads_section(data: SweepData) -> Section:
         "every trial, last attention block (what the verdict counts)",
         wide=True,
     )
-    return Section(
-        **common,
-        missing=missing,
-        caption=f"Best model by validation accuracy ({t.trial_id}, {t.name}): per attention "
-        "block, the labels each head recognises (its diagonal after binarising the normalised "
-        "field matrix; SPEC 4.7) and how many heads recognise each label.",
-        image=figs.heads_figure(sets),
-        image_alt="label sets per head of the best model",
-        tables=[per_head, summary, every],
-    )
+
+
+def _latency_notes(
+    data: SweepData, lat: dict[str, Latency], listed: list[Trial], remeasured: bool
+) -> tuple[list[str], list[str]]:
+    """(notes, missing): how the latencies were taken, and what could not be measured."""
+    notes, missing = [], []
+    measured = [lat[t.run_id] for t in listed if lat[t.run_id].source == "re-measured"]
+    if not remeasured:
+        missing.append(
+            "--no-remeasure: latencies are the figures logged during the sweep, "
+            "taken while trials may have shared the device; they are noisy."
+        )
+    elif measured:
+        notes.append(
+            f"Re-measured here one model at a time: median batch-1 latency of "
+            f"{measured[0].runs} forwards after warm-up on {measured[0].device}, "
+            f"{measured[0].precision}. The in-sweep figure is shown beside it."
+        )
+    missing += [f"{t.trial_id}: {lat[t.run_id].note}" for t in data.trials if lat[t.run_id].note]
+    return notes, missing
 
 
 def latency_section(data: SweepData, lat: dict[str, Latency], remeasured: bool) -> Section:
@@ -247,20 +272,7 @@ def latency_section(data: SweepData, lat: dict[str, Latency], remeasured: bool) 
         ]
         for t in listed
     ]
-    notes, missing = [], []
-    measured = [lat[t.run_id] for t in listed if lat[t.run_id].source == "re-measured"]
-    if not remeasured:
-        missing.append(
-            "--no-remeasure: latencies are the figures logged during the sweep, "
-            "taken while trials may have shared the device; they are noisy."
-        )
-    elif measured:
-        notes.append(
-            f"Re-measured here one model at a time: median batch-1 latency of "
-            f"{measured[0].runs} forwards after warm-up on {measured[0].device}, "
-            f"{measured[0].precision}. The in-sweep figure is shown beside it."
-        )
-    missing += [f"{t.trial_id}: {lat[t.run_id].note}" for t in data.trials if lat[t.run_id].note]
+    notes, missing = _latency_notes(data, lat, listed, remeasured)
     headers = [
         "#",
         "architecture",

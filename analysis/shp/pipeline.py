@@ -278,11 +278,22 @@ def _analyse_block(
         **cluster_stats(binary, clusters),
         **specialisation(sets),
     }
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {
+        "fields": f.astype(np.float32),
+        "logits": logits.cpu().numpy().astype(np.float32),
+        "normalized": normalized.astype(np.float32),
+        "binary": binary,
+        "clusters": np.stack([cluster_index(c, K) for c in clusters]).astype(np.int16),
+        "label_sets": sets,
+        "overlaps": overlap_matrix(sets).astype(np.int32),
+        "readout_weight": weight.cpu().numpy().astype(np.float32),
+        "label_counts": held.counts.cpu().numpy(),
+    }
     if options.andc != "none":
-        if options.andc == "diagonal":  # each node's own diagonal
+        # ANDC's mask: each node's own diagonal, or the clusters of each node's unit
+        if options.andc == "diagonal":
             mask = andc_mask(node_label_sets(weight, class_pooled, threshold))
-        else:  # the clusters of each node's unit
+        else:
             mask = andc_mask(sets, lay.unit_size)
         report, pruned_w = andc_prune(
             weight,
@@ -298,35 +309,33 @@ def _analyse_block(
         arrays["andc_mask"] = mask
         arrays["andc_weight"] = pruned_w.cpu().numpy().astype(np.float32)
 
-    np.savez_compressed(
-        out_dir / f"block_{b}.npz",
-        fields=f.astype(np.float32),
-        logits=logits.cpu().numpy().astype(np.float32),
-        normalized=normalized.astype(np.float32),
-        binary=binary,
-        clusters=np.stack([cluster_index(c, K) for c in clusters]).astype(np.int16),
-        label_sets=sets,
-        overlaps=overlap_matrix(sets).astype(np.int32),
-        readout_weight=weight.cpu().numpy().astype(np.float32),
-        label_counts=held.counts.cpu().numpy(),
-        **arrays,
-    )
+    np.savez_compressed(out_dir / f"block_{b}.npz", **arrays)
     if options.plots:
-        from analysis.shp.plots import plot_unit_matrices
-
         title = f"block {b} ({lay.kind}), {lay.unit}s, readout acc {acc:.3f}"
-        for name, mats, is_binary in (("normalized", normalized, False), ("binary", binary, True)):
-            plot_unit_matrices(
-                mats,
-                out_dir / f"block_{b}_{name}.png",
-                title=f"{title}: {name} (threshold {threshold})"
-                if is_binary
-                else f"{title}: {name}",
-                unit_name=lay.unit,
-                binary=is_binary,
-                max_units=options.max_units_plotted,
-            )
+        _plot_block(lay, normalized, binary, title, threshold, options, out_dir)
     return entry
+
+
+def _plot_block(
+    lay: BlockUnits,
+    normalized: np.ndarray,
+    binary: np.ndarray,
+    title: str,
+    threshold: float,
+    options: ShpOptions,
+    out_dir: Path,
+) -> None:
+    from analysis.shp.plots import plot_unit_matrices  # matplotlib only when drawing
+
+    for name, mats, is_binary in (("normalized", normalized, False), ("binary", binary, True)):
+        plot_unit_matrices(
+            mats,
+            out_dir / f"block_{lay.block}_{name}.png",
+            title=f"{title}: {name}" + (f" (threshold {threshold})" if is_binary else ""),
+            unit_name=lay.unit,
+            binary=is_binary,
+            max_units=options.max_units_plotted,
+        )
 
 
 # --------------------------------------------------------------------------------------
