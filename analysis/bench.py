@@ -40,17 +40,13 @@ from analysis.readout import FaithfulRecipe
 from cct.checkpoint import load_model
 from cct.config import TrainConfig
 from cct.data import DeviceAugment, load_dataset
+from cct.device import sync
 from cct.engine import NoCallbacks, build_model, fit, soft_cross_entropy
 from cct.optim import make_optimizer
 from cct.perf.report import make_row, merge_rows, run_info
 from cct.perf.timing import load_average
 
 FULL_TRAIN, FULL_HELDOUT, EPOCHS = 50_000, 10_000, 300
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def cifar_like(n_train: int, n_heldout: int, device: torch.device):

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import yaml
 from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.shapes import dataset_shape
+from cct.device import allow_tf32, autocast, sync, use_bf16
 from cct.engine import soft_cross_entropy
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import create_model
@@ -55,11 +55,6 @@ def peak_tflops_for(name: str) -> float | None:
     return None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_training(
     model: torch.nn.Module,
     input_shape: tuple[int, int, int],
@@ -88,13 +83,12 @@ def time_training(
     transform = DeviceAugment(augment, num_classes, [0.5] * input_shape[0], [0.25] * input_shape[0])
     optimizer = make_optimizer(model, OptimConfig(), device)
     step_model = torch.compile(model) if compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
 
     def step() -> None:
         idx = torch.randint(0, len(labels), (batch_size,), generator=gen, device=device)
         x, targets = transform(pool[idx], labels[idx], gen)
-        with autocast:
+        with autocast(device, bf16):
             logits = step_model(x)
         loss = soft_cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -103,11 +97,11 @@ def time_training(
 
     for _ in range(warmup):  # allocator, cuDNN autotuning, compilation
         step()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -141,9 +135,8 @@ def benchmark(
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    allow_tf32(dev)
+    bf16 = use_bf16(precision, dev)
 
     torch.manual_seed(0)
     model = create_model(

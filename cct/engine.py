@@ -13,7 +13,6 @@ import math
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +34,7 @@ from cct.data import (
     load_dataset,
     normalize,
 )
+from cct.device import allow_tf32, autocast, use_bf16
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import CCT, create_model
 from cct.optim import lr_at, make_optimizer
@@ -106,10 +106,8 @@ def fit(
     callbacks = callbacks or NoCallbacks()
     rank, device = dist.setup(cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    bf16 = use_bf16(cfg.precision, device)
+    allow_tf32(device)
 
     data = data or load_dataset(cfg.data, device)
     per_rank_batch = cfg.optim.batch_size // rank.world_size
@@ -163,7 +161,6 @@ def fit(
         train_model = torch.compile(train_model)
 
     augment = DeviceAugment(data.augment, data.num_classes, data.mean, data.std)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     gen = torch.Generator(device=device)
     result: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -198,7 +195,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, steps_per_epoch=steps_per_epoch, cfg=cfg.optim)
             x, targets = augment(data.train_x[batch], data.train_y[batch], gen)
-            with autocast:
+            with autocast(device, bf16):
                 logits = train_model(x)
             loss = soft_cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
@@ -327,11 +324,10 @@ def predict(
     """Logits (float32) for uint8 images `x`, in their order."""
     model.eval()
     out = []
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for xb, _ in eval_batches(
         x, torch.zeros(len(x), dtype=torch.long, device=x.device), batch_size
     ):
-        with autocast:
+        with autocast(x.device, bf16):
             out.append(model(normalize(xb, data.mean, data.std)).float())
     return torch.cat(out)
 

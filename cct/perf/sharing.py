@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from cct.device import sync
 from cct.perf.cases import (
     SMALL_TRIAL,
     model_pair,
@@ -35,7 +36,7 @@ from cct.perf.cases import (
     random_data,
     reference_training_step,
 )
-from cct.perf.timing import seconds_per_call, sync
+from cct.perf.timing import seconds_per_call
 
 READY_TIMEOUT_S = 900  # model build + warm-up of the slowest worker on a crowded machine
 

@@ -11,7 +11,6 @@ Neither reads a value back to the host: the timers synchronise at the ends of a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +18,12 @@ from torch import nn
 
 from cct.config import OptimConfig
 from cct.data.augment import AugmentSpec, DeviceAugment
+from cct.device import autocast
 from cct.engine import soft_cross_entropy
 from cct.optim import make_optimizer
 from cct.perf.reference_data import Mixup, batches
 
 Step = Callable[[], None]
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def ours_step(
