@@ -1,6 +1,7 @@
 """Shared fixtures. `sweep` runs one real sweep on local Ray for the whole session (see
 tests/test_sweep_e2e.py for what it goes through); tests that need trained sweep output
-(MLflow runs with checkpoints, logits and analysis) share it."""
+(MLflow runs with checkpoints, logits and analysis) share it. `train_steps` records the
+engine's training step wherever it runs (fit and the benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # torch is imported by the tests that use `train_steps`, not by every test
+    import torch
+
+    from cct.config import OptimConfig
+    from cct.engine import Trainer
 
 EPOCHS = 12
 SWEEP = f"""
@@ -129,3 +138,54 @@ def mlflow_runs(sweep):
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     return client, runs
+
+
+@dataclass
+class StepCall:
+    trainer: Trainer
+    lr: float  # the learning rate the step ran with
+    grad_norm: float  # total gradient norm the optimizer stepped with (after any clipping)
+
+
+class StepSpy:
+    """Every call of the engine's `Trainer.train_step`; the real step still runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[StepCall] = []
+
+    def check(self, n: int, optim: OptimConfig) -> Trainer:
+        """`n` steps of one trainer, each at the learning rate `optim`'s schedule gives its
+        step and, when `optim` clips, with its gradients clipped; returns the trainer."""
+        from cct.optim import lr_at
+
+        assert len(self.calls) == n
+        trainer = self.calls[0].trainer
+        assert all(c.trainer is trainer for c in self.calls)
+        assert trainer.step == n
+        spe = trainer.steps_per_epoch
+        assert [c.lr for c in self.calls] == [
+            lr_at(i, steps_per_epoch=spe, cfg=optim) for i in range(n)
+        ]
+        if optim.grad_clip is not None:
+            for c in self.calls:  # the tests clip far below the gradients' own norm
+                assert c.grad_norm == pytest.approx(optim.grad_clip, rel=1e-3)
+        return trainer
+
+
+@pytest.fixture
+def train_steps(monkeypatch) -> StepSpy:
+    import torch
+
+    from cct.engine import Trainer
+
+    spy, real = StepSpy(), Trainer.train_step
+
+    def recorded(self: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = real(self, x, y)
+        grads = [p.grad.flatten() for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.cat(grads)).item()
+        spy.calls.append(StepCall(self, self.optimizer.param_groups[0]["lr"], norm))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", recorded)
+    return spy
