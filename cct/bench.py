@@ -108,6 +108,16 @@ def time_training(
     return (time.perf_counter() - t0) / steps
 
 
+def _device(name: str) -> torch.device:
+    """The device `name` asks for: "auto" is CUDA when a GPU is visible, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
+    return dev
+
+
 def benchmark(
     variant: str,
     overrides: dict[str, Any] | None = None,
@@ -132,12 +142,7 @@ def benchmark(
     `peak_tflops` is given): 3 x forward FLOPs (2 x MACs, attention matmuls included) x batch
     per training step, over the step time and the peak.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
+    dev = _device(device)
     allow_tf32(dev)
     bf16 = use_bf16(precision, dev)
 
@@ -152,7 +157,6 @@ def benchmark(
     s = model.settings
     input_shape = (s.in_channels, s.img_size, s.img_size)
     macs = count_macs(model, input_shape)
-    params = count_params(model)
 
     inference_model = torch.compile(model) if compile else model
     speed = measure_speed(inference_model, input_shape, batch_size=batch_size, runs=runs, bf16=bf16)
@@ -182,7 +186,7 @@ def benchmark(
         "precision": "bf16" if bf16 else "fp32",
         "compile": compile,
         "torch": torch.__version__,
-        "params": params,
+        "params": count_params(model),
         "macs": macs.without_attn_matmuls,
         "macs_with_attn": macs.total,
         "latency_ms": speed.latency_ms,
