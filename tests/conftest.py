@@ -1,7 +1,6 @@
 """Shared fixtures. `sweep` runs one real sweep on local Ray for the whole session (see
 tests/test_sweep_e2e.py for what it goes through); tests that need trained sweep output
-(MLflow runs with checkpoints, logits and analysis) share it. `train_steps` records the
-engine's training step wherever it runs (fit and the benchmarks)."""
+(MLflow runs with checkpoints, logits and analysis) share it."""
 
 from __future__ import annotations
 
@@ -10,17 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-
-if TYPE_CHECKING:  # torch is imported by the tests that use `train_steps`, not by every test
-    import torch
-
-    from cct.config import OptimConfig
-    from cct.engine import Trainer
 
 EPOCHS = 12
 SWEEP = f"""
@@ -140,35 +131,29 @@ def mlflow_runs(sweep):
     return client, runs
 
 
-@dataclass
-class StepCall:
-    trainer: Trainer
-    lr: float  # the learning rate the step ran with
-    grad_norm: float  # total gradient norm the optimizer stepped with (after any clipping)
-
-
 class StepSpy:
-    """Every call of the engine's `Trainer.train_step`; the real step still runs."""
+    """Every call of the engine's `Trainer.train_step` (fit's step, which the benchmarks
+    time), as (trainer, learning rate it ran with, gradient norm it stepped with)."""
 
     def __init__(self) -> None:
-        self.calls: list[StepCall] = []
+        self.calls: list[tuple] = []
 
-    def check(self, n: int, optim: OptimConfig) -> Trainer:
+    def check(self, n: int, optim):
         """`n` steps of one trainer, each at the learning rate `optim`'s schedule gives its
         step and, when `optim` clips, with its gradients clipped; returns the trainer."""
         from cct.optim import lr_at
 
         assert len(self.calls) == n
-        trainer = self.calls[0].trainer
-        assert all(c.trainer is trainer for c in self.calls)
+        trainer = self.calls[0][0]
+        assert all(t is trainer for t, _, _ in self.calls)
         assert trainer.step == n
         spe = trainer.steps_per_epoch
-        assert [c.lr for c in self.calls] == [
+        assert [lr for _, lr, _ in self.calls] == [
             lr_at(i, steps_per_epoch=spe, cfg=optim) for i in range(n)
         ]
         if optim.grad_clip is not None:
-            for c in self.calls:  # the tests clip far below the gradients' own norm
-                assert c.grad_norm == pytest.approx(optim.grad_clip, rel=1e-3)
+            for _, _, norm in self.calls:  # the tests clip far below the gradients' own norm
+                assert norm == pytest.approx(optim.grad_clip, rel=1e-3)
         return trainer
 
 
@@ -180,11 +165,11 @@ def train_steps(monkeypatch) -> StepSpy:
 
     spy, real = StepSpy(), Trainer.train_step
 
-    def recorded(self: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def recorded(self, x, y):
         loss = real(self, x, y)
         grads = [p.grad.flatten() for p in self.model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.cat(grads)).item()
-        spy.calls.append(StepCall(self, self.optimizer.param_groups[0]["lr"], norm))
+        spy.calls.append((self, self.optimizer.param_groups[0]["lr"], norm))
         return loss
 
     monkeypatch.setattr(Trainer, "train_step", recorded)

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from cct.device import sync
 from cct.perf.cases import (
     SMALL_TRIAL,
     model_pair,
@@ -36,7 +35,7 @@ from cct.perf.cases import (
     random_data,
     reference_training_step,
 )
-from cct.perf.timing import seconds_per_call
+from cct.perf.timing import seconds_per_call, sync
 
 READY_TIMEOUT_S = 900  # model build + warm-up of the slowest worker on a crowded machine
 
