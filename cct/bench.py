@@ -1,8 +1,9 @@
 """Size and speed of one variant: `python -m cct.bench --variant NAME [--set model.key=value ...]`.
 
 Reports parameters, MACs both ways (without / with the attention matmuls), batch-1 latency,
-large-batch inference throughput, training samples/s of the full step (device augmentation +
-forward + backward + AdamW, fused and under bf16 autocast on GPU) and, on CUDA, the model-FLOPs
+large-batch inference throughput, training samples/s of the engine's own step
+(`Trainer.train_step`: scheduled learning rate, device augmentation, forward under bf16 autocast
+on GPU, backward, clipping if configured, fused AdamW) and, on CUDA, the model-FLOPs
 utilisation. Torch only (no ray, no mlflow), so it runs on a bare GPU box.
 """
 
@@ -12,7 +13,6 @@ import dataclasses
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from cct.cli import OneLineParser, fail
 from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.shapes import dataset_shape
-from cct.engine import soft_cross_entropy
+from cct.device import allow_tf32, sync, use_bf16
+from cct.engine import make_trainer
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import create_model
-from cct.optim import make_optimizer
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor data sheets, matched
 # against torch.cuda.get_device_name in order: the first substring that appears wins.
@@ -45,6 +45,9 @@ PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
 RECIPE_AUGMENT = AugmentSpec(
     crop_padding=4, flip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25, label_smoothing=0.1
 )
+# The schedule's epoch in a benchmark: CIFAR's 50,000 training images at the timed batch, so
+# the learning rate moves per step as it does in a CIFAR run of the recipe.
+RECIPE_TRAIN_IMAGES = 50_000
 
 
 def peak_tflops_for(name: str) -> float | None:
@@ -53,11 +56,6 @@ def peak_tflops_for(name: str) -> float | None:
         if key.lower() in name.lower():
             return tflops
     return None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_training(
@@ -71,44 +69,53 @@ def time_training(
     warmup: int,
     bf16: bool,
     compile: bool = False,
+    optim: OptimConfig | None = None,
 ) -> float:
     """Seconds per full training step: `steps` steps timed together after `warmup` untimed
     ones, synchronised only at both ends so the host can queue ahead as it does in training.
 
-    The step is the engine's: uint8 batch -> DeviceAugment -> forward (autocast) -> soft
-    cross-entropy -> backward -> AdamW (fused on GPU). Data is random uint8 on the device,
+    The step is the engine's `Trainer.train_step`, what `fit` runs per batch, with the
+    recipe's optimizer settings unless `optim` is given. Data is random uint8 on the device,
     since the data values do not change the cost.
     """
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(0)
+    channels = input_shape[0]
+    trainer = make_trainer(
+        model,
+        optim=optim or OptimConfig(),
+        augment=DeviceAugment(augment, num_classes, [0.5] * channels, [0.25] * channels),
+        steps_per_epoch=RECIPE_TRAIN_IMAGES // batch_size,
+        bf16=bf16,
+        compile=compile,
+    )
+    gen = trainer.gen
     pool = torch.randint(
         0, 256, (2 * batch_size, *input_shape), generator=gen, device=device, dtype=torch.uint8
     )
     labels = torch.randint(0, num_classes, (2 * batch_size,), generator=gen, device=device)
-    transform = DeviceAugment(augment, num_classes, [0.5] * input_shape[0], [0.25] * input_shape[0])
-    optimizer = make_optimizer(model, OptimConfig(), device)
-    step_model = torch.compile(model) if compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    model.train()
 
     def step() -> None:
         idx = torch.randint(0, len(labels), (batch_size,), generator=gen, device=device)
-        x, targets = transform(pool[idx], labels[idx], gen)
-        with autocast:
-            logits = step_model(x)
-        loss = soft_cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        trainer.train_step(pool[idx], labels[idx])
 
     for _ in range(warmup):  # allocator, cuDNN autotuning, compilation
         step()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps
+
+
+def _device(name: str) -> torch.device:
+    """The device `name` asks for: "auto" is CUDA when a GPU is visible, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
+    return dev
 
 
 def benchmark(
@@ -135,15 +142,9 @@ def benchmark(
     `peak_tflops` is given): 3 x forward FLOPs (2 x MACs, attention matmuls included) x batch
     per training step, over the step time and the peak.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    dev = _device(device)
+    allow_tf32(dev)
+    bf16 = use_bf16(precision, dev)
 
     torch.manual_seed(0)
     model = create_model(
@@ -156,7 +157,6 @@ def benchmark(
     s = model.settings
     input_shape = (s.in_channels, s.img_size, s.img_size)
     macs = count_macs(model, input_shape)
-    params = count_params(model)
 
     inference_model = torch.compile(model) if compile else model
     speed = measure_speed(inference_model, input_shape, batch_size=batch_size, runs=runs, bf16=bf16)
@@ -186,7 +186,7 @@ def benchmark(
         "precision": "bf16" if bf16 else "fp32",
         "compile": compile,
         "torch": torch.__version__,
-        "params": params,
+        "params": count_params(model),
         "macs": macs.without_attn_matmuls,
         "macs_with_attn": macs.total,
         "latency_ms": speed.latency_ms,

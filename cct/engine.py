@@ -1,5 +1,9 @@
-"""The training engine: one function, `fit`, that the standalone CLI (`python -m cct.train`)
-and the sweep's Ray workers both call. Config in, metrics out through callbacks, no globals.
+"""The training engine: `fit`, which the standalone CLI (`python -m cct.train`) and the sweep's
+Ray workers both call, and `Trainer.train_step`, the one training step that `fit` runs on every
+batch and that every benchmark of this pipeline times. Config in, metrics out through
+callbacks, no globals.
+
+fit = setup_run -> per epoch: train_epoch, validate, checkpoint -> finish.
 
 The step loop has no host syncs: data and augmentation live on the device, the loss is
 accumulated on the device, and the one `.item()` per epoch (the log interval) is where the
@@ -13,7 +17,6 @@ import math
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,12 +24,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cct import dist
 from cct.checkpoint import load_train_state, read_description, save_checkpoint, unwrap
-from cct.config import ConfigError, TrainConfig
+from cct.config import ConfigError, OptimConfig, TrainConfig
 from cct.data import (
     DeviceAugment,
     DeviceData,
@@ -35,6 +38,7 @@ from cct.data import (
     load_dataset,
     normalize,
 )
+from cct.device import allow_tf32, autocast, use_bf16
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import CCT, create_model
 from cct.optim import lr_at, make_optimizer
@@ -66,16 +70,6 @@ class NoCallbacks:
         pass
 
 
-@dataclass
-class _State:
-    epoch: int = 0  # epochs completed
-    best_val: float = -1.0
-    best_epoch: int = 0
-    step: int = 0
-    stale: int = 0  # epochs since the best validation accuracy (early stopping)
-    last_val: float = 0.0  # latest validation accuracy, reported between evaluations
-
-
 def build_model(cfg: TrainConfig, data: DeviceData) -> CCT:
     return create_model(
         cfg.model.variant,
@@ -86,8 +80,131 @@ def build_model(cfg: TrainConfig, data: DeviceData) -> CCT:
     )
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy against soft targets (B, K); float32 even under bf16 autocast."""
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+# --------------------------------------------------------------------------------------
+# the training step
+
+
+@dataclass(kw_only=True)
+class Trainer:
+    """One training step and everything it touches. Built by `make_trainer`, both for `fit`
+    and for the benchmarks, so a benchmark pays for what training pays for."""
+
+    model: nn.Module  # the bare model: its gradients are clipped, its weights saved
+    module: nn.Module  # what the step calls: `model`, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    augment: DeviceAugment
+    gen: torch.Generator  # augmentation draws (fit reseeds it every epoch)
+    optim: OptimConfig  # the learning-rate schedule and gradient clipping
+    steps_per_epoch: int  # the schedule's epoch, in steps
+    bf16: bool  # forward under bf16 autocast
+    step: int = 0  # optimizer steps taken: where the schedule is
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One optimizer step on uint8 images x (B, C, H, W) and int64 labels y (B,).
+
+        Returns the batch's mean loss, detached and still on the device: reading it is the
+        caller's choice, so a loop of steps never waits for the device.
+        """
+        lr = lr_at(self.step, steps_per_epoch=self.steps_per_epoch, cfg=self.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, targets = self.augment(x, y, self.gen)  # float32 (B, C, H, W), soft targets (B, K)
+        with autocast(x.device, self.bf16):
+            logits = self.module(x)  # (B, K)
+        loss = soft_cross_entropy(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+
+def make_trainer(
+    model: nn.Module,
+    *,
+    optim: OptimConfig,
+    augment: DeviceAugment,
+    steps_per_epoch: int,
+    bf16: bool,
+    compile: bool = False,
+    world_size: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int = 0,
+) -> Trainer:
+    """The training step for `model` (already on its device), in training mode.
+
+    A benchmark passes neither `optimizer` nor `step` and gets the recipe's AdamW at the
+    schedule's first step; `fit` passes the optimizer and step it resumed.
+    """
+    device = next(model.parameters()).device
+    if optimizer is None:
+        optimizer = make_optimizer(model, optim, device)
+    module: nn.Module = model
+    if world_size > 1:
+        if device.type == "cuda":
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if compile:
+        module = torch.compile(module)
+    module.train()
+    return Trainer(
+        model=model,
+        module=module,
+        optimizer=optimizer,
+        augment=augment,
+        gen=torch.Generator(device=device).manual_seed(0),
+        optim=optim,
+        steps_per_epoch=steps_per_epoch,
+        bf16=bf16,
+        step=step,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Progress:
+    """The run's counters; a checkpoint's train_state.pt holds them (and the step count)."""
+
+    epoch: int = 0  # epochs completed
+    best_val: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best validation accuracy (early stopping)
+    last_val: float = 0.0  # latest validation accuracy, reported between evaluations
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything `fit` carries from one epoch to the next, on one rank."""
+
+    cfg: TrainConfig
+    rank: dist.Rank
+    device: torch.device
+    data: DeviceData
+    trainer: Trainer  # model, wrapper, optimizer, schedule, augmentation
+    per_rank_batch: int
+    objectives: dict[str, Any]  # params, MACs, latency: every report carries them
+    progress: Progress
+    best_state: dict[str, Tensor] | None = None  # weights of the best epoch (final_weights=best)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trainer.model
+
+    @property
+    def bf16(self) -> bool:
+        return self.trainer.bf16
 
 
 def fit(
@@ -106,29 +223,132 @@ def fit(
     callbacks = callbacks or NoCallbacks()
     rank, device = dist.setup(cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
+    allow_tf32(device)
     data = data or load_dataset(cfg.data, device)
-    per_rank_batch = cfg.optim.batch_size // rank.world_size
-    if per_rank_batch * rank.world_size != cfg.optim.batch_size:
-        raise ConfigError(
-            f"optim.batch_size={cfg.optim.batch_size} is not divisible by the world size {rank.world_size}"
-        )
-    steps_per_epoch = len(data.train_y) // cfg.optim.batch_size
+    run = setup_run(
+        cfg,
+        data=data,
+        rank=rank,
+        device=device,
+        callbacks=callbacks,
+        resume_from=resume_from,
+        latency_shared=latency_shared,
+    )
+
+    result: dict[str, Any] | None = None
+    for epoch in range(run.progress.epoch + 1, cfg.optim.epochs + 1):
+        metrics = train_epoch(run, epoch)
+        stop_early = validate(run, epoch)
+        # Every report carries every metric (schedulers and searchers need them each time).
+        metrics["val_accuracy"] = run.progress.last_val
+        metrics["best_val_accuracy"] = run.progress.best_val
+        # Not "done": Ray Tune reads a reported `done` as "stop this trial now", which
+        # would kill the trial before its Train run has shut down.
+        metrics["final"] = epoch == cfg.optim.epochs or stop_early
+        if metrics["final"]:
+            # Final evaluation before the last report, so that report carries test accuracy.
+            result = finish(run, callbacks)
+            metrics.update(
+                val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"]
+            )
+        checkpoint = save_epoch(run, metrics)  # rank 0 only; None elsewhere
+        callbacks.on_epoch_end(metrics, checkpoint)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        if stop_early:
+            break
+
+    if result is None:
+        # Resumed from the last epoch's checkpoint: the run may have died after saving it
+        # but before its report reached anyone (a sweep driver killed at that moment).
+        result = finish(run, callbacks)
+        report_last_epoch_again(run, result, callbacks, resumed_from=resume_from)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# fit's steps, in the order it takes them
+
+
+def setup_run(
+    cfg: TrainConfig,
+    *,
+    data: DeviceData,
+    rank: dist.Rank,
+    device: torch.device,
+    callbacks: Callbacks,
+    resume_from: Path | None = None,
+    latency_shared: bool = False,
+) -> Run:
+    """The model, its size and speed (told to `callbacks.on_start`), the optimizer and the
+    counters, resumed from `resume_from` when given, and the training step around them."""
+    per_rank_batch, steps_per_epoch = _batch_split(cfg, data, rank)
+    bf16 = use_bf16(cfg.precision, device)
+    model = build_model(cfg, data).to(device)
+    info = describe(model, cfg=cfg, data=data, rank=rank, bf16=bf16, latency_shared=latency_shared)
+    callbacks.on_start(info)
+
+    optimizer = make_optimizer(model, cfg.optim, device)
+    progress, step, best_state = Progress(), 0, None
+    if resume_from is not None:
+        # Into the bare model, before make_trainer wraps it in DDP / compile.
+        progress, step = _restore(Path(resume_from), model, optimizer, device)
+        best = Path(resume_from) / "best.pt"
+        if cfg.final_weights == "best" and best.exists():
+            best_state = torch.load(best, map_location=device, weights_only=True)
+    trainer = make_trainer(
+        model,
+        optim=cfg.optim,
+        augment=DeviceAugment(data.augment, data.num_classes, data.mean, data.std),
+        steps_per_epoch=steps_per_epoch,
+        bf16=bf16,
+        compile=cfg.compile,
+        world_size=rank.world_size,
+        optimizer=optimizer,
+        step=step,
+    )
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        device=device,
+        data=data,
+        trainer=trainer,
+        per_rank_batch=per_rank_batch,
+        objectives={k: info[k] for k in ("params", "macs", "latency_ms")},
+        progress=progress,
+        best_state=best_state,
+    )
+
+
+def _batch_split(cfg: TrainConfig, data: DeviceData, rank: dist.Rank) -> tuple[int, int]:
+    """(images per rank per step, steps per epoch); ConfigError when the batch cannot work."""
+    batch, world = cfg.optim.batch_size, rank.world_size
+    if batch % world:
+        raise ConfigError(f"optim.batch_size={batch} is not divisible by the world size {world}")
+    steps_per_epoch = len(data.train_y) // batch
     if steps_per_epoch < 1:
         raise ConfigError(
-            f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train_y)} training images"
+            f"optim.batch_size={batch} exceeds the {len(data.train_y)} training images"
         )
-    model = build_model(cfg, data).to(device)
-    input_shape = (data.in_channels, data.img_size, data.img_size)
+    return batch // world, steps_per_epoch
 
-    # Size and speed before the first epoch, so every report can carry every objective.
+
+def describe(
+    model: CCT,
+    *,
+    cfg: TrainConfig,
+    data: DeviceData,
+    rank: dist.Rank,
+    bf16: bool,
+    latency_shared: bool,
+) -> dict[str, Any]:
+    """What `on_start` reports. Size and speed are measured before the first epoch, so
+    every report can carry every objective."""
+    device = next(model.parameters()).device
+    input_shape = (data.in_channels, data.img_size, data.img_size)
     macs = count_macs(model, input_shape)
     speed = measure_speed(model, input_shape, runs=cfg.latency_runs, bf16=bf16, batch_size=64)
-    info = {
+    return {
         "params": count_params(model),
         "macs": macs.without_attn_matmuls,
         "macs_with_attn": macs.total,
@@ -144,209 +364,211 @@ def fit(
         "n_val": len(data.val_y),
         "n_test": len(data.test_y),
     }
-    callbacks.on_start(info)
-    objectives = {k: info[k] for k in ("params", "macs", "latency_ms")}
-
-    optimizer = make_optimizer(model, cfg.optim, device)
-    state = _State()
-    if resume_from is not None:
-        state = _restore(Path(resume_from), model, optimizer, device)
-
-    train_model: nn.Module = model
-    if rank.world_size > 1:
-        if device.type == "cuda":
-            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
-        train_model = DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-
-    augment = DeviceAugment(data.augment, data.num_classes, data.mean, data.std)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    gen = torch.Generator(device=device)
-    result: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    if (
-        cfg.final_weights == "best"
-        and resume_from is not None
-        and (Path(resume_from) / "best.pt").exists()
-    ):
-        best_state = torch.load(
-            Path(resume_from) / "best.pt", map_location=device, weights_only=True
-        )
-
-    for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
-        # Seeded per (seed, epoch, rank): a resumed run draws what an unbroken one would,
-        # augmentation from `gen`, dropout and drop-path from torch's global generator.
-        epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + rank.rank
-        gen.manual_seed(epoch_seed)
-        torch.manual_seed(epoch_seed)
-        idx = epoch_indices(
-            len(data.train_y),
-            epoch=epoch,
-            seed=cfg.seed,
-            rank=rank.rank,
-            world_size=rank.world_size,
-            batch_size=per_rank_batch,
-            device=device,
-        )
-        train_model.train()
-        loss_sum = torch.zeros((), device=device)
-        t0 = time.perf_counter()
-        for batch in idx:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(state.step, steps_per_epoch=steps_per_epoch, cfg=cfg.optim)
-            x, targets = augment(data.train_x[batch], data.train_y[batch], gen)
-            with autocast:
-                logits = train_model(x)
-            loss = soft_cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            loss_sum += loss.detach() * len(batch)
-            state.step += 1
-
-        # The log interval: the one host sync of the epoch.
-        totals = dist.all_reduce_sum(
-            torch.stack([loss_sum, torch.tensor(float(idx.numel()), device=device)])
-        )
-        train_loss = (totals[0] / totals[1]).item()
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"training loss became {train_loss} at epoch {epoch} (lr {cfg.optim.lr})"
-            )
-        state.epoch = epoch
-
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "samples_per_s": totals[1].item() / seconds,
-            "epoch_seconds": seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-            **objectives,
-        }
-        if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
-            val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)
-            if val_acc > state.best_val:
-                state.best_val, state.best_epoch, state.stale = val_acc, epoch, 0
-                if cfg.final_weights == "best":
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                state.stale += cfg.eval_every
-            state.last_val = val_acc
-        # Every report carries every metric (schedulers and searchers need them each time).
-        metrics["val_accuracy"] = state.last_val
-        metrics["best_val_accuracy"] = state.best_val
-        stop_early = (
-            cfg.max_epochs_without_gain is not None and state.stale >= cfg.max_epochs_without_gain
-        )
-        # Not "done": Ray Tune reads a reported `done` as "stop this trial now", which
-        # would kill the trial before its Train run has shut down.
-        metrics["final"] = epoch == cfg.optim.epochs or stop_early
-        if metrics["final"]:
-            # Final evaluation before the last report, so that report carries test accuracy.
-            result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
-            metrics.update(
-                val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"]
-            )
-
-        checkpoint_dir = None
-        if rank.is_main:
-            checkpoint_dir = Path(tempfile.mkdtemp(prefix="cct-ckpt-")) / "checkpoint"
-            save_checkpoint(
-                checkpoint_dir,
-                model=model,
-                cfg=cfg,
-                epoch=epoch,
-                metrics=metrics,
-                train_state={
-                    "optimizer": optimizer.state_dict(),
-                    **dataclasses.asdict(state),
-                },
-            )
-            if best_state is not None:
-                torch.save(best_state, checkpoint_dir / "best.pt")
-        callbacks.on_epoch_end(metrics, checkpoint_dir)
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
-        if stop_early:
-            break
-
-    if result is None:
-        # Resumed from the last epoch's checkpoint: the run may have died after saving it
-        # but before its report reached anyone (a sweep driver killed at that moment).
-        # Finish, and report that last epoch again, final figures included; trackers skip
-        # what they already logged.
-        result = _finish(cfg, model, data, rank, bf16, state, objectives, callbacks, best_state)
-        last = read_description(Path(resume_from))["metrics"] if resume_from else {}
-        callbacks.on_epoch_end(
-            {
-                **last,
-                **objectives,
-                "epoch": state.epoch,
-                "final": True,
-                "val_accuracy": result["val_accuracy"],
-                "test_accuracy": result["test_accuracy"],
-            },
-            None,
-        )
-    return result
 
 
 def _restore(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> _State:
+) -> tuple[Progress, int]:
+    """Load a checkpoint's weights and optimizer state; returns (counters, steps taken)."""
     desc = read_description(path)
     model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
     train_state = load_train_state(path, device)
     if train_state is None:
         raise FileNotFoundError(f"{path} holds weights but no train_state.pt: it cannot be resumed")
     optimizer.load_state_dict(train_state["optimizer"])
-    return _State(
+    progress = Progress(
         epoch=int(desc["epoch"]),
         best_val=float(train_state["best_val"]),
         best_epoch=int(train_state["best_epoch"]),
-        step=int(train_state["step"]),
         stale=int(train_state.get("stale", 0)),  # absent in checkpoints written before
         last_val=float(train_state.get("last_val", 0.0)),
     )
+    return progress, int(train_state["step"])
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass of `train_step` over this rank's share of the training set; the epoch's
+    metrics (loss, speed, last learning rate, objectives)."""
+    cfg, rank, data, trainer = run.cfg, run.rank, run.data, run.trainer
+    # Seeded per (seed, epoch, rank): a resumed run draws what an unbroken one would,
+    # augmentation from the trainer's generator, dropout and drop-path from torch's global one.
+    epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + rank.rank
+    trainer.gen.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    idx = epoch_indices(  # (steps, per-rank batch)
+        len(data.train_y),
+        epoch=epoch,
+        seed=cfg.seed,
+        rank=rank.rank,
+        world_size=rank.world_size,
+        batch_size=run.per_rank_batch,
+        device=run.device,
+    )
+    trainer.module.train()
+    loss_sum = torch.zeros((), device=run.device)
+    t0 = time.perf_counter()
+    for batch in idx:
+        loss = trainer.train_step(data.train_x[batch], data.train_y[batch])
+        loss_sum += loss * len(batch)
+
+    # The log interval: the one host sync of the epoch.
+    totals = dist.all_reduce_sum(
+        torch.stack([loss_sum, torch.tensor(float(idx.numel()), device=run.device)])
+    )
+    train_loss = (totals[0] / totals[1]).item()
+    seconds = time.perf_counter() - t0
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"training loss became {train_loss} at epoch {epoch} (lr {cfg.optim.lr})"
+        )
+    run.progress.epoch = epoch
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "samples_per_s": totals[1].item() / seconds,
+        "epoch_seconds": seconds,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        **run.objectives,
+    }
+
+
+def validate(run: Run, epoch: int) -> bool:
+    """Validation accuracy when this epoch is due for one (`eval_every`, and the last),
+    tracked for best weights and early stopping; True when the run should stop early."""
+    cfg, p = run.cfg, run.progress
+    if epoch % cfg.eval_every == 0 or epoch == cfg.optim.epochs:
+        data = run.data
+        val_acc = evaluate(
+            run.model, data.val_x, data.val_y, data=data, rank=run.rank, bf16=run.bf16
+        )
+        if val_acc > p.best_val:
+            p.best_val, p.best_epoch, p.stale = val_acc, epoch, 0
+            if cfg.final_weights == "best":
+                run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            p.stale += cfg.eval_every
+        p.last_val = val_acc
+    return cfg.max_epochs_without_gain is not None and p.stale >= cfg.max_epochs_without_gain
+
+
+def save_epoch(run: Run, metrics: dict[str, Any]) -> Path | None:
+    """Rank 0: this epoch's resumable checkpoint in a fresh temporary folder (the caller
+    deletes it once the callbacks have copied it). Other ranks: None."""
+    if not run.rank.is_main:
+        return None
+    path = Path(tempfile.mkdtemp(prefix="cct-ckpt-")) / "checkpoint"
+    save_checkpoint(
+        path,
+        model=run.model,
+        cfg=run.cfg,
+        epoch=metrics["epoch"],
+        metrics=metrics,
+        train_state={
+            "optimizer": run.trainer.optimizer.state_dict(),
+            "step": run.trainer.step,
+            **dataclasses.asdict(run.progress),
+        },
+    )
+    if run.best_state is not None:
+        torch.save(run.best_state, path / "best.pt")
+    return path
+
+
+def finish(run: Run, callbacks: Callbacks) -> dict[str, Any]:
+    """Final validation and test accuracy (of the best epoch's weights with
+    final_weights=best); rank 0 writes the logits and final checkpoint for `on_end`."""
+    cfg, data, rank, bf16, p = run.cfg, run.data, run.rank, run.bf16, run.progress
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    val_acc = evaluate(run.model, data.val_x, data.val_y, data=data, rank=rank, bf16=bf16)
+    test_acc = evaluate(run.model, data.test_x, data.test_y, data=data, rank=rank, bf16=bf16)
+    result = {
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "best_val_accuracy": p.best_val,
+        "best_epoch": p.best_epoch,
+        "epochs": p.epoch,
+        "weights": cfg.final_weights,
+        **run.objectives,
+    }
+    artifacts = None
+    if rank.is_main:
+        artifacts = Path(tempfile.mkdtemp(prefix="cct-final-"))
+        bare = unwrap(run.model)
+        np.savez(
+            artifacts / "logits.npz",
+            val_logits=predict(bare, data.val_x, data, bf16=bf16).cpu().numpy(),
+            val_ids=data.val_ids.cpu().numpy(),
+            val_labels=data.val_y.cpu().numpy(),
+            test_logits=predict(bare, data.test_x, data, bf16=bf16).cpu().numpy(),
+            test_ids=data.test_ids.cpu().numpy(),
+            test_labels=data.test_y.cpu().numpy(),
+            split_hash=np.array(data.split_hash),
+        )
+        save_checkpoint(
+            artifacts / "checkpoint", model=run.model, cfg=cfg, epoch=p.epoch, metrics=result
+        )
+    callbacks.on_end(result, artifacts)
+    if artifacts is not None:
+        shutil.rmtree(artifacts, ignore_errors=True)
+    return result
+
+
+def report_last_epoch_again(
+    run: Run, result: dict[str, Any], callbacks: Callbacks, *, resumed_from: Path | None
+) -> None:
+    """Report the resumed checkpoint's epoch again, final figures included: its report may
+    never have arrived. Trackers skip what they already logged."""
+    last = read_description(Path(resumed_from))["metrics"] if resumed_from else {}
+    callbacks.on_epoch_end(
+        {
+            **last,
+            **run.objectives,
+            "epoch": run.progress.epoch,
+            "final": True,
+            "val_accuracy": result["val_accuracy"],
+            "test_accuracy": result["test_accuracy"],
+        },
+        None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# evaluation
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Tensor,
     data: DeviceData,
+    *,
     bf16: bool,
     batch_size: int = 512,
-) -> torch.Tensor:
+) -> Tensor:
     """Logits (float32) for uint8 images `x`, in their order."""
     model.eval()
     out = []
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for xb, _ in eval_batches(
         x, torch.zeros(len(x), dtype=torch.long, device=x.device), batch_size
     ):
-        with autocast:
+        with autocast(x.device, bf16):
             out.append(model(normalize(xb, data.mean, data.std)).float())
     return torch.cat(out)
 
 
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
     data: DeviceData,
     rank: dist.Rank,
     bf16: bool,
 ) -> float:
     """Accuracy over the whole set: each rank scores a shard, the counts are summed."""
     shard = slice(rank.rank, None, rank.world_size)
-    logits = predict(unwrap(model), x[shard], data, bf16)
+    logits = predict(unwrap(model), x[shard], data, bf16=bf16)
     counts = torch.stack(
         [
             (logits.argmax(-1) == y[shard]).sum().float(),
@@ -355,46 +577,3 @@ def evaluate(
     )
     counts = dist.all_reduce_sum(counts)
     return (counts[0] / counts[1]).item()
-
-
-def _finish(
-    cfg, model, data, rank, bf16, state, objectives, callbacks, best_state
-) -> dict[str, Any]:
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    val_acc = evaluate(model, data.val_x, data.val_y, data, rank, bf16)
-    test_acc = evaluate(model, data.test_x, data.test_y, data, rank, bf16)
-    result = {
-        "val_accuracy": val_acc,
-        "test_accuracy": test_acc,
-        "best_val_accuracy": state.best_val,
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
-        "weights": cfg.final_weights,
-        **objectives,
-    }
-    artifacts = None
-    if rank.is_main:
-        artifacts = Path(tempfile.mkdtemp(prefix="cct-final-"))
-        bare = unwrap(model)
-        np.savez(
-            artifacts / "logits.npz",
-            val_logits=predict(bare, data.val_x, data, bf16).cpu().numpy(),
-            val_ids=data.val_ids.cpu().numpy(),
-            val_labels=data.val_y.cpu().numpy(),
-            test_logits=predict(bare, data.test_x, data, bf16).cpu().numpy(),
-            test_ids=data.test_ids.cpu().numpy(),
-            test_labels=data.test_y.cpu().numpy(),
-            split_hash=np.array(data.split_hash),
-        )
-        save_checkpoint(
-            artifacts / "checkpoint",
-            model=model,
-            cfg=cfg,
-            epoch=state.epoch,
-            metrics=result,
-        )
-    callbacks.on_end(result, artifacts)
-    if artifacts is not None:
-        shutil.rmtree(artifacts, ignore_errors=True)
-    return result

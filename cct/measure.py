@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from cct.device import autocast, sync
 from cct.models.layers import Attention
 
 
@@ -65,15 +65,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> Macs:
     return Macs(layer_macs[0], attn_macs[0])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 @torch.no_grad()
 def time_forward(
     model: nn.Module,
@@ -90,12 +81,12 @@ def time_forward(
     was_training = model.training
     model.eval()
     times = []
-    with _autocast(device, bf16):
+    with autocast(device, bf16):
         for i in range(warmup + runs):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             model(x)
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     model.train(was_training)

@@ -154,3 +154,48 @@ def mlflow_runs(sweep):
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     return client, runs
+
+
+class StepSpy:
+    """Every call of the engine's `Trainer.train_step` (fit's step, which the benchmarks
+    time), as (trainer, learning rate it ran with, gradient norm it stepped with)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def check(self, n: int, optim):
+        """`n` steps of one trainer, each at the learning rate `optim`'s schedule gives its
+        step and, when `optim` clips, with its gradients clipped; returns the trainer."""
+        from cct.optim import lr_at
+
+        assert len(self.calls) == n
+        trainer = self.calls[0][0]
+        assert all(t is trainer for t, _, _ in self.calls)
+        assert trainer.step == n
+        spe = trainer.steps_per_epoch
+        assert [lr for _, lr, _ in self.calls] == [
+            lr_at(i, steps_per_epoch=spe, cfg=optim) for i in range(n)
+        ]
+        if optim.grad_clip is not None:
+            for _, _, norm in self.calls:  # the tests clip far below the gradients' own norm
+                assert norm == pytest.approx(optim.grad_clip, rel=1e-3)
+        return trainer
+
+
+@pytest.fixture
+def train_steps(monkeypatch) -> StepSpy:
+    import torch
+
+    from cct.engine import Trainer
+
+    spy, real = StepSpy(), Trainer.train_step
+
+    def recorded(self, x, y):
+        loss = real(self, x, y)
+        grads = [p.grad.flatten() for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.cat(grads)).item()
+        spy.calls.append((self, self.optimizer.param_groups[0]["lr"], norm))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", recorded)
+    return spy

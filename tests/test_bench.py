@@ -1,5 +1,6 @@
 """`cct.bench`: the JSON it writes and the values in it (no timing assertions: the CPU is
-shared), the peak table behind MFU, and its bad-input errors."""
+shared), the peak table behind MFU, its bad-input errors, and that what it times (and what
+analysis/shp/bench.py times) is the engine's own training step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import math
 import pytest
 
 from cct import bench
+from cct.config import OptimConfig, TrainConfig
+from cct.data import load_dataset
 from cct.measure import count_macs, count_params
 from cct.models import create_model
 
@@ -19,6 +22,8 @@ NUMBERS = (
     "params macs macs_with_attn latency_ms throughput train_step_ms train_samples_per_s "
     "model_tflops_per_s"
 ).split()
+# In warm-up the learning rate changes every step; the clip norm is far below the gradients'.
+SCHEDULED = OptimConfig(lr=1e-3, grad_clip=1e-3)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,3 +109,41 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, args, named):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not out.exists()
+
+
+def test_timed_step_is_the_engines_train_step(train_steps):
+    # A hand-written step would miss the per-step learning rate or the clipping (or both).
+    model = create_model("cct_2_3x2_32", img_size=16, embed_dim=16, tokenizer_layers=1)
+    bench.time_training(
+        model,
+        (3, 16, 16),
+        num_classes=10,
+        augment=bench.RECIPE_AUGMENT,
+        batch_size=4,
+        steps=3,
+        warmup=2,
+        bf16=False,
+        optim=SCHEDULED,
+    )
+    trainer = train_steps.check(5, SCHEDULED)  # warm-up steps included
+    assert trainer.model is model
+    assert trainer.steps_per_epoch == bench.RECIPE_TRAIN_IMAGES // 4
+
+
+def test_analysis_bench_times_the_engines_train_step(train_steps):
+    from analysis.shp.bench import FULL_TRAIN, time_training
+
+    cfg = TrainConfig().replace(
+        **{
+            "data.dataset": "digits",
+            "model.variant": "cct_2_3x2_32",
+            "model.embed_dim": 16,
+            "model.tokenizer_layers": 1,
+            "optim.batch_size": 8,
+            "optim.grad_clip": 1e-3,
+            "precision": "fp32",
+        }
+    )
+    time_training(cfg, load_dataset(cfg.data), torch.device("cpu"), steps=2, warmup=1)
+    trainer = train_steps.check(3, cfg.optim)
+    assert trainer.steps_per_epoch == FULL_TRAIN // 8

@@ -1,7 +1,8 @@
 """The performance suite's contracts (no timing is asserted: the CPU is shared): the reference
 model is our model written the usual way (same size, same outputs), the padded-head-dim
-attention equals the unpadded one, the reference input pipeline yields what ours does, the
-report merges rows from several commands, and `python -m cct.perf --quick` writes every row."""
+attention equals the unpadded one, the reference input pipeline yields what ours does, our
+timed step is the engine's training step, the report merges rows from several commands, and
+`python -m cct.perf --quick` writes every row."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from cct.bench import RECIPE_AUGMENT
+from cct.bench import RECIPE_AUGMENT, RECIPE_TRAIN_IMAGES
+from cct.config import OptimConfig
 from cct.data.augment import AugmentSpec
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
 from cct.measure import count_params
 from cct.models import create_model
 from cct.models.layers import Attention, fused_attention
 from cct.perf import suite
-from cct.perf.cases import CASES
+from cct.perf.cases import CASES, NUM_CLASSES, our_training_step, random_data
 from cct.perf.reference_data import Mixup, make_loader
 from cct.perf.reference_model import ExplicitAttention, reference_model
 from cct.perf.report import make_row, merge_rows, render_markdown, run_info
+from cct.perf.steps import ours_step
 from orchestrator.overhead import overhead_row, trial_overheads
 
 GOLDEN = {"cct_7_3x1_32": 3_760_139, "cct_7_3x2_32": 3_853_259}
@@ -133,6 +136,39 @@ def test_reference_mixup_targets_are_distributions():
         assert mixed.shape == x.shape and targets.shape == (32, 10)
         torch.testing.assert_close(targets.sum(1), torch.ones(32))
         assert targets.min() >= 0.1 / 10 - 1e-6  # label smoothing keeps every class
+
+
+def test_our_timed_step_is_the_engines_train_step(train_steps):
+    # A hand-written step would miss the per-step learning rate or the clipping (or both).
+    scheduled = OptimConfig(lr=1e-3, grad_clip=1e-3)  # warm-up: a new lr every step
+    data = random_data(32, 16, torch.device("cpu"))
+    model = create_model("cct_2_3x2_32", img_size=16, embed_dim=16, tokenizer_layers=1)
+    step = ours_step(
+        model,
+        data.device_images,
+        data.device_labels,
+        augment=data.augment,
+        num_classes=NUM_CLASSES,
+        mean=data.mean,
+        std=data.std,
+        batch_size=4,
+        bf16=False,
+        optim=scheduled,
+    )
+    for _ in range(3):
+        step()
+    trainer = train_steps.check(3, scheduled)
+    assert trainer.model is model and trainer.steps_per_epoch == RECIPE_TRAIN_IMAGES // 4
+
+
+def test_suite_and_sharing_time_the_recipe_step(train_steps):
+    # What the train and sharing rows time: the engine's step with the recipe's settings.
+    data = random_data(32, 16, torch.device("cpu"))
+    model = create_model("cct_2_3x2_32", img_size=16, embed_dim=16, tokenizer_layers=1)
+    step = our_training_step(model, data, batch_size=4, bf16=False)
+    for _ in range(2):
+        step()
+    assert train_steps.check(2, OptimConfig()).optim == OptimConfig()
 
 
 def test_report_merges_rows_from_several_commands(tmp_path):

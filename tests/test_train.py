@@ -255,6 +255,15 @@ def test_final_weights_best_reports_the_best_epoch(tmp_path, monkeypatch):
     np.testing.assert_allclose(saved["test_logits"], logits.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_fit_runs_the_engines_train_step_on_every_batch(train_steps):
+    # The step the benchmarks time (tests/test_bench.py, tests/test_perf.py) is fit's own.
+    cfg = config(**{"optim.epochs": 2, "optim.grad_clip": 1e-3})
+    fit(cfg)
+    steps_per_epoch = len(load_dataset(cfg.data).train_y) // cfg.optim.batch_size
+    trainer = train_steps.check(2 * steps_per_epoch, cfg.optim)
+    assert trainer.steps_per_epoch == steps_per_epoch
+
+
 # With lr 0 the weights never move, so validation accuracy is flat from epoch 1 on.
 FROZEN = {"optim.epochs": 10, "optim.lr": 0.0, "optim.min_lr": 0.0, "max_epochs_without_gain": 2}
 

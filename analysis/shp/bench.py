@@ -6,7 +6,7 @@
 
 Prints one JSON object:
 - train: seconds per training step of cct_7_3x1_32 (100 classes, 32x32, batch 128, the
-  engine's own step: device augmentation, forward, soft cross-entropy, AdamW), timed after
+  engine's own `Trainer.train_step`, as `fit` runs it), timed after
   warm-up steps and extrapolated to one epoch of 50,000 images and to 300 epochs;
 - fast: the `fast` analysis of all 7 blocks on a CIFAR-100-shaped synthetic subset, per
   stage, extrapolated to 50,000 training / 10,000 held-out images (the passes and fits scale
@@ -40,17 +40,12 @@ from cct.checkpoint import load_model
 from cct.cli import OneLineParser
 from cct.config import TrainConfig
 from cct.data import DeviceAugment, load_dataset
-from cct.engine import NoCallbacks, build_model, fit, soft_cross_entropy
-from cct.optim import make_optimizer
+from cct.device import sync, use_bf16
+from cct.engine import NoCallbacks, build_model, fit, make_trainer
 from cct.perf.report import make_row, merge_rows, run_info
 from cct.perf.timing import load_average
 
 FULL_TRAIN, FULL_HELDOUT, EPOCHS = 50_000, 10_000, 300
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def cifar_like(n_train: int, n_heldout: int, device: torch.device):
@@ -71,25 +66,22 @@ def cifar_like(n_train: int, n_heldout: int, device: torch.device):
 
 
 def time_training(cfg, data, device, steps: int, warmup: int = 2) -> dict:
-    """The engine's step (cct/engine.py fit), timed after `warmup` steps."""
+    """The engine's train_step (cct/engine.py, what fit runs), timed after `warmup` steps."""
     torch.manual_seed(0)
-    model = build_model(cfg, data).to(device).train()
-    opt = make_optimizer(model, cfg.optim, device)
-    augment = DeviceAugment(data.augment, data.num_classes, data.mean, data.std)
-    gen = torch.Generator(device=device).manual_seed(0)
-    bf16 = device.type == "cuda"
+    model = build_model(cfg, data).to(device)
+    trainer = make_trainer(
+        model,
+        optim=cfg.optim,
+        augment=DeviceAugment(data.augment, data.num_classes, data.mean, data.std),
+        steps_per_epoch=FULL_TRAIN // cfg.optim.batch_size,
+        bf16=use_bf16(cfg.precision, device),
+    )
     times = []
     for i in range(warmup + steps):
         idx = torch.randint(0, len(data.train_y), (cfg.optim.batch_size,), device=device)
         sync(device)
         t = time.perf_counter()
-        x, targets = augment(data.train_x[idx], data.train_y[idx], gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = soft_cross_entropy(logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        trainer.train_step(data.train_x[idx], data.train_y[idx])
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)

@@ -15,7 +15,6 @@ out the tokens of all analysed blocks together, so k blocks never cost k passes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from cct.checkpoint import unwrap
+from cct.device import autocast
 from cct.models import CCT
 
 Units = Literal["heads", "nodes", "ff"]
@@ -101,8 +101,7 @@ def model_extractor(model: CCT, layouts: list[BlockUnits], bf16: bool) -> Extrac
     last = max(lay.block for lay in layouts)
 
     def extract(x: Tensor) -> dict[int, Tensor]:
-        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(x.device, bf16):
             taps = model.internals(x, upto=last)
         return {lay.block: unit_tokens(taps[lay.block], lay) for lay in layouts}
 

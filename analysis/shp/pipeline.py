@@ -65,6 +65,7 @@ from analysis.shp.readout import Fit, Pooling, Readout
 from analysis.shp.stats import cluster_stats, label_sets, overlap_matrix, specialisation
 from cct.checkpoint import unwrap
 from cct.data import DeviceData
+from cct.device import use_bf16
 from cct.models import CCT
 
 __all__ = ["ShpOptions", "analyze_checkpoint", "analyze_features", "analyze_model", "jsonable"]
@@ -95,7 +96,7 @@ def analyze_model(
     model_dev = next(model.parameters()).device
     if model_dev != dev:
         raise AnalysisError(f"the model is on {model_dev} but the data on {dev}")
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
+    bf16 = use_bf16(options.precision, dev)
     was_training = model.training
     model.eval()  # no dropout, no drop-path, BatchNorm running statistics
     try:

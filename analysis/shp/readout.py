@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cct.engine import soft_cross_entropy
+
 Pooling = Literal["mean", "seqpool"]
 Fit = Literal["fast", "faithful"]
 
@@ -159,7 +161,3 @@ def faithful_optimizer(params: Iterable[Tensor], recipe: FaithfulRecipe) -> torc
         nesterov=True,
         weight_decay=recipe.weight_decay,
     )
-
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()

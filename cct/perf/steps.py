@@ -1,8 +1,9 @@
 """One training step of each pipeline, as a closure the timers call.
 
-`ours_step` is the engine's step (cct/engine.py `fit`): a uint8 batch indexed on the device ->
-DeviceAugment -> forward under autocast -> soft cross-entropy -> backward -> AdamW with the
-recipe's parameter groups (fused on GPU). `reference_step` is a typical training script's:
+`ours_step` is the engine's `Trainer.train_step`, what `fit` runs per batch (cct/engine.py):
+a uint8 batch indexed on the device -> scheduled learning rate -> DeviceAugment -> forward under
+autocast -> soft cross-entropy -> backward -> clipping if configured -> AdamW with the recipe's
+parameter groups (fused on GPU). `reference_step` is a typical training script's:
 the next DataLoader batch -> timm-style Mixup on the CPU -> copy to the device -> forward ->
 soft-target cross-entropy -> backward -> `torch.optim.AdamW(model.parameters())` defaults.
 Neither reads a value back to the host: the timers synchronise at the ends of a timed block.
@@ -11,23 +12,19 @@ Neither reads a value back to the host: the timers synchronise at the ends of a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cct.bench import RECIPE_TRAIN_IMAGES
 from cct.config import OptimConfig
 from cct.data.augment import AugmentSpec, DeviceAugment
-from cct.engine import soft_cross_entropy
-from cct.optim import make_optimizer
+from cct.device import autocast
+from cct.engine import make_trainer
 from cct.perf.reference_data import Mixup, batches
 
 Step = Callable[[], None]
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def ours_step(
@@ -42,24 +39,24 @@ def ours_step(
     batch_size: int,
     bf16: bool,
     compile: bool = False,
+    optim: OptimConfig | None = None,
 ) -> Step:
-    """The engine's step on uint8 `images` (N, C, H, W) already on the model's device."""
-    device = images.device
-    gen = torch.Generator(device=device).manual_seed(0)
-    transform = DeviceAugment(augment, num_classes, mean, std)
-    optimizer = make_optimizer(model, OptimConfig(), device)
-    step_model = torch.compile(model) if compile else model
-    model.train()
+    """The engine's step on random batches of uint8 `images` (N, C, H, W) already on the
+    model's device, with the recipe's optimizer settings unless `optim` is given."""
+    trainer = make_trainer(
+        model,
+        optim=optim or OptimConfig(),
+        augment=DeviceAugment(augment, num_classes, mean, std),
+        steps_per_epoch=RECIPE_TRAIN_IMAGES // batch_size,
+        bf16=bf16,
+        compile=compile,
+    )
 
     def step() -> None:
-        idx = torch.randint(0, len(labels), (batch_size,), generator=gen, device=device)
-        x, targets = transform(images[idx], labels[idx], gen)
-        with autocast(device, bf16):
-            logits = step_model(x)
-        loss = soft_cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        idx = torch.randint(
+            0, len(labels), (batch_size,), generator=trainer.gen, device=images.device
+        )
+        trainer.train_step(images[idx], labels[idx])
 
     return step
 

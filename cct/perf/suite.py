@@ -32,6 +32,7 @@ import torch
 
 from cct.bench import peak_tflops_for
 from cct.cli import OneLineParser
+from cct.device import allow_tf32, use_bf16
 from cct.measure import count_macs, count_params, device_name, time_forward
 from cct.perf import sharing
 from cct.perf.cases import (
@@ -493,7 +494,7 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[str], list[Case]]:
         changes["share_seconds"] = args.share_seconds
     if args.pad_head_dim is not None and args.pad_head_dim < 0:
         raise UsageError(f"--pad-head-dim {args.pad_head_dim}: must be 0 (never) or positive")
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and dev.type == "cuda")
+    bf16 = use_bf16(args.precision, dev)
     ref_bf16 = bf16 if args.reference_precision == "same" else args.reference_precision == "bf16"
     setup = Setup(
         dev,
@@ -510,9 +511,7 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[str], list[Case]]:
 
 def run(setup: Setup, groups: list[str], cases: list[Case]) -> tuple[dict, list[dict]]:
     """Measure the asked row groups; returns (the run's description, rows)."""
-    if setup.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the engine does
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(setup.device)  # as the engine does
     threads = torch.get_num_threads()
     if setup.quick:  # tiny ops on a crowded CI machine: one thread does not wait on another
         torch.set_num_threads(1)

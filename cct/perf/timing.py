@@ -12,10 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from cct.device import sync
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int, device: torch.device) -> float:
