@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from cct import bench
 from cct.config import OptimConfig, TrainConfig
