@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from cct.cli import OneLineParser, fail
-from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, set_dotted
+from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, parse_override, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.shapes import dataset_shape
 from cct.device import allow_tf32, sync, use_bf16
@@ -228,14 +227,13 @@ def parse_overrides(variant: str, sets: list[str]) -> dict[str, Any]:
     """`model.key=value` strings -> validated model overrides (ConfigError names the value)."""
     raw: dict[str, Any] = {"model": {"variant": variant}}
     for item in sets:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.startswith("model.") or key == "model.variant":
+        parts, value = parse_override(item)
+        if parts[0] != "model" or len(parts) < 2 or parts[1] == "variant":
             raise ConfigError(
                 f"--set {item!r}: expected model.key=value (e.g. model.num_heads=8); "
                 "the variant is chosen with --variant"
             )
-        set_dotted(raw, key, yaml.safe_load(value))
+        set_dotted(raw, ".".join(parts), value)
     return TrainConfig.from_dict(raw).model.overrides()
 
 

@@ -131,6 +131,22 @@ class TrainConfig:
 # dict <-> dataclass, strictly typed
 
 
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """One `--set dotted.key=value` -> (the key's parts, the value read as YAML); the one
+    parser of `--set` for every command. ConfigError names the item."""
+    import yaml
+
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. optim.lr=1.0e-3")
+    try:
+        return parts, yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"--set {item!r}: the value does not parse as YAML: {msg}") from None
+
+
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     for p in parts[:-1]:

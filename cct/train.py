@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from cct.cli import OneLineParser, fail
-from cct.config import ConfigError, TrainConfig, set_dotted
+from cct.config import ConfigError, TrainConfig, parse_override, set_dotted
 
 EXAMPLE = "python -m cct.train --set data.dataset=digits --set optim.epochs=30"
 
@@ -87,10 +87,8 @@ def parse_config(config_file: str | None, sets: list[str]) -> TrainConfig:
                 f"--config {config_file}: not valid YAML ({e})".replace("\n", " ")
             ) from None
     for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. optim.lr=1.0e-3")
-        set_dotted(raw, key.strip(), yaml.safe_load(value))
+        parts, value = parse_override(item)
+        set_dotted(raw, ".".join(parts), value)
     cfg = TrainConfig.from_dict(raw)
     # Shape errors (unknown variant, impossible widths) surface here, before any data loads.
     from cct.data.shapes import dataset_shape

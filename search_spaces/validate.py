@@ -17,7 +17,14 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from cct.config import TrainConfig, check_value, field_types, set_dotted
+from cct.config import (
+    ConfigError,
+    TrainConfig,
+    check_value,
+    field_types,
+    parse_override,
+    set_dotted,
+)
 from cct.models.registry import variant_names
 from search_spaces.shapes import check_shapes
 from search_spaces.spec import (
@@ -205,16 +212,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     raw = copy.deepcopy(raw)
     errors = []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        parts = key.split(".")
-        if not sep or not all(parts):
-            errors.append(f"--set {item!r}: expected dotted.key=value, e.g. optim.lr=1.0e-3")
-            continue
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            errors.append(f"--set {item!r}: the value does not parse as YAML: {e}")
+            parts, value = parse_override(item)
+        except ConfigError as e:
+            errors.append(str(e))
             continue
         if parts[0] == "search" and len(parts) > 1:
             parts = ["search", ".".join(parts[1:])]
