@@ -6,7 +6,9 @@ import torch
 
 import cct
 from cct.measure import count_macs, count_params
+from cct.models import create_model
 from cct.models.layers import reference_attention
+from cct.models.registry import CHOICES
 
 GOLDEN_PARAMS = {
     ("cct_7_3x1_32", 10): 3_760_139,
@@ -140,3 +142,30 @@ def test_impossible_shapes_are_named(overrides, message):
 def test_unknown_variant_lists_the_known_ones():
     with pytest.raises(cct.ConfigError, match="unknown model variant 'cct_9'.*cct_7_3x1_32"):
         cct.create_model("cct_9")
+
+
+# The model factory refuses what it cannot build: every choice field, one bad value each,
+# and every valid value of it builds.
+FACTORY_CASES = [(key, "bogus", False) for key in CHOICES] + [
+    (key, value, True) for key, values in CHOICES.items() for value in values
+]
+
+
+@pytest.mark.parametrize(("key", "value", "valid"), FACTORY_CASES, ids=str)
+def test_factory_refuses_an_unknown_choice_and_builds_every_known_one(key, value, valid):
+    kwargs = dict(num_classes=10, in_channels=3, img_size=16, embed_dim=16, depth=2,
+                  num_heads=2, conv_blocks=1, **{key: value})  # fmt: skip
+    if valid:
+        model = create_model("cct_2_3x2_32", **kwargs)
+        assert getattr(model.settings, key) == value
+        assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+        return
+    with pytest.raises(ValueError) as e:
+        create_model("cct_2_3x2_32", **kwargs)
+    message = str(e.value)
+    assert f"model.{key}='bogus'" in message
+    assert all(choice in message for choice in CHOICES[key]), message
+
+
+def test_choice_fields_are_the_typed_ones():
+    assert set(CHOICES) == {"pos_embedding", "conv_block_norm", "conv_block_act"}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cct.config import ConvBlockAct, ConvBlockNorm, PosEmbedding
 from cct.models.layers import ConvBlock, Tokenizer, TransformerBlock, sine_embedding
 
 
@@ -28,11 +29,11 @@ class CCTSettings:
     head_dim: int
     mlp_ratio: float
     conv_blocks: int
-    conv_block_norm: str
-    conv_block_act: str
+    conv_block_norm: ConvBlockNorm
+    conv_block_act: ConvBlockAct
     tokenizer_layers: int
     tokenizer_kernel: int
-    pos_embedding: str
+    pos_embedding: PosEmbedding
     attn_dropout: float
     drop_path: float
     dropout: float
@@ -56,8 +57,10 @@ class CCT(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.2)
         elif s.pos_embedding == "sine":
             self.register_buffer("pos_embed", sine_embedding(num_tokens, d), persistent=False)
-        else:
+        elif s.pos_embedding == "none":
             self.pos_embed = None
+        else:
+            raise ValueError(f"pos_embedding={s.pos_embedding!r}: expected learnable, sine or none")
         self.dropout = nn.Dropout(s.dropout)
 
         rates = torch.linspace(0, s.drop_path, s.depth).tolist()  # stochastic depth 0 -> max

@@ -186,16 +186,21 @@ class ConvBlock(nn.Module):
 
     kind = "conv"
 
+    NORMS = {
+        "batch": nn.BatchNorm2d,
+        "group": lambda dim: nn.GroupNorm(1, dim),  # batch-independent: one group over (d, h, w)
+        "none": lambda dim: nn.Identity(),
+    }
+    ACTS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
+
     def __init__(self, *, dim: int, norm: str, act: str, drop_path: float) -> None:
         super().__init__()
+        for what, value, table in (("norm", norm, self.NORMS), ("act", act, self.ACTS)):
+            if value not in table:
+                raise ValueError(f"conv_block_{what}={value!r}: expected one of {', '.join(table)}")
         self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=norm == "none")
-        if norm == "batch":
-            self.norm: nn.Module = nn.BatchNorm2d(dim)
-        elif norm == "group":
-            self.norm = nn.GroupNorm(1, dim)  # batch-independent: one group over (d, h, w)
-        else:
-            self.norm = nn.Identity()
-        self.act = nn.ReLU(inplace=True) if act == "relu" else nn.GELU()
+        self.norm: nn.Module = self.NORMS[norm](dim)
+        self.act = self.ACTS[act]()
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ independently: the attention width num_heads*head_dim is not tied to embed_dim.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from cct.config import ConfigError
@@ -43,6 +44,14 @@ OVERRIDABLE = (
     "num_heads head_dim attn_dim embed_dim depth mlp_ratio conv_blocks conv_block_norm "
     "conv_block_act tokenizer_layers tokenizer_kernel pos_embedding attn_dropout drop_path dropout"
 ).split()
+
+
+# The choice fields of a model, with their valid values: read off CCTSettings' Literal types.
+CHOICES = {
+    name: typing.get_args(hint)
+    for name, hint in typing.get_type_hints(CCTSettings).items()
+    if typing.get_origin(hint) is typing.Literal
+}
 
 
 def variant_names() -> list[str]:
@@ -115,6 +124,9 @@ def _check(
     for key in ("attn_dropout", "drop_path", "dropout"):
         if not 0.0 <= s[key] < 1.0:
             errors.append(f"model.{key} must be in [0, 1), got {s[key]}")
+    for key, choices in CHOICES.items():
+        if s[key] not in choices:
+            errors.append(f"model.{key}={s[key]!r}: expected one of {', '.join(choices)}")
     if errors or head_dim is not None:
         return errors
     width, what = (
