@@ -20,6 +20,12 @@ DatasetName = Literal["digits", "synthetic", "cifar10", "cifar100", "flowers102"
 DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 FinalWeights = Literal["final", "best"]
+# The SHP analysis' choices, stated once here, the lowest layer: analysis/shp checks them, the
+# sweep file's `analysis:` section and `python -m analysis.shp` offer them.
+ShpUnits = Literal["heads", "nodes", "ff"]
+ShpPooling = Literal["mean", "seqpool"]
+ShpFit = Literal["fast", "faithful"]
+SHP_THRESHOLD = 0.3  # binarisation threshold of the normalised field matrices (SPEC 4.4)
 
 
 class ConfigError(ValueError):

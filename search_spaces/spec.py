@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from cct.config import TrainConfig, flatten
+from cct.config import SHP_THRESHOLD, ShpFit, ShpPooling, ShpUnits, TrainConfig, flatten
 
 DomainKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 SearcherName = Literal["optuna-tpe", "optuna-nsga2", "random", "grid"]
@@ -88,10 +88,10 @@ class TrackingSpec:
 @dataclass(frozen=True)
 class AnalysisSpec:
     blocks: Literal["all", "none"] | tuple[int, ...] = "all"
-    units: Literal["heads", "nodes", "ff"] = "heads"
-    pooling: Literal["mean", "seqpool"] = "mean"
-    fit: Literal["fast", "faithful"] = "fast"
-    threshold: float = 0.3
+    units: ShpUnits = "heads"
+    pooling: ShpPooling = "mean"
+    fit: ShpFit = "fast"
+    threshold: float = SHP_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,15 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import yaml
 
 from cct.config import (
     ConfigError,
+    ShpFit,
+    ShpPooling,
+    ShpUnits,
     TrainConfig,
     check_value,
     field_types,
@@ -627,9 +630,9 @@ def _parse_analysis(raw: Any, errors: list[str]) -> AnalysisSpec:
     defaults = AnalysisSpec()
     schema = {
         "blocks": (None, "all", None),
-        "units": (Literal["heads", "nodes", "ff"], defaults.units, None),
-        "pooling": (Literal["mean", "seqpool"], defaults.pooling, None),
-        "fit": (Literal["fast", "faithful"], defaults.fit, None),
+        "units": (ShpUnits, defaults.units, None),
+        "pooling": (ShpPooling, defaults.pooling, None),
+        "fit": (ShpFit, defaults.fit, None),
         "threshold": (float, defaults.threshold, _in_range(0, 1, lo_open=True)),
     }
     f = _fields(raw, "analysis", schema, errors)

@@ -15,12 +15,14 @@ import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from analysis.shp.features import UNITS, AnalysisError
 from analysis.shp.pipeline import ShpOptions
 from cct.cli import OneLineParser, fail
+from cct.config import SHP_THRESHOLD, ShpFit, ShpPooling
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--blocks", default="all", help="all | none | comma-separated indices, e.g. 0,3,6"
     )
     p.add_argument("--units", default="heads", choices=UNITS)
-    p.add_argument("--pooling", default="mean", choices=("mean", "seqpool"))
-    p.add_argument("--fit", default="fast", choices=("fast", "faithful"))
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--pooling", default="mean", choices=get_args(ShpPooling))
+    p.add_argument("--fit", default="fast", choices=get_args(ShpFit))
+    p.add_argument("--threshold", type=float, default=SHP_THRESHOLD)
     p.add_argument("--out", type=Path, default=Path("shp_out"))
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import torch
 from torch import Tensor
 
 from cct.checkpoint import unwrap
+from cct.config import ShpUnits
 from cct.device import autocast
 from cct.models import CCT
 
-Units = Literal["heads", "nodes", "ff"]
-UNITS: tuple[str, ...] = ("heads", "nodes", "ff")
+Units = ShpUnits
+UNITS: tuple[str, ...] = get_args(ShpUnits)
 
 # tokens of every analysed block for one batch of model inputs: block -> (B, N, W)
 Extractor = Callable[[Tensor], dict[int, Tensor]]

@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from analysis.shp.passes import HeldOut, fit_readouts, heldout_pass, sync_time
 from analysis.shp.readout import Fit, Pooling, Readout
 from analysis.shp.stats import cluster_stats, label_sets, overlap_matrix, specialisation
 from cct.checkpoint import unwrap
+from cct.config import SHP_THRESHOLD
 from cct.data import DeviceData
 from cct.device import use_bf16
 from cct.models import CCT
@@ -79,7 +80,7 @@ def analyze_model(
     units: Units = "heads",
     pooling: Pooling = "mean",
     fit: Fit = "fast",
-    threshold: float = 0.3,
+    threshold: float = SHP_THRESHOLD,
     out_dir: Path,
     options: ShpOptions | None = None,
 ) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def analyze_checkpoint(
     units: Units = "heads",
     pooling: Pooling = "mean",
     fit: Fit = "fast",
-    threshold: float = 0.3,
+    threshold: float = SHP_THRESHOLD,
     device: str | torch.device = "auto",
     options: ShpOptions | None = None,
 ) -> dict[str, Any]:
@@ -344,10 +345,9 @@ def _plot_block(
 
 
 def _check_choices(pooling: str, fit: str, threshold: float, options: ShpOptions) -> None:
-    if pooling not in ("mean", "seqpool"):
-        raise AnalysisError(f"pooling={pooling!r}: choose from mean, seqpool")
-    if fit not in ("fast", "faithful"):
-        raise AnalysisError(f"fit={fit!r}: choose from fast, faithful")
+    for what, value, choices in (("pooling", pooling, Pooling), ("fit", fit, Fit)):
+        if value not in get_args(choices):
+            raise AnalysisError(f"{what}={value!r}: choose from {', '.join(get_args(choices))}")
     if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise AnalysisError(f"threshold={threshold!r}: must be in (0, 1]")
     if options.heldout not in ("val", "test"):

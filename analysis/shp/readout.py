@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cct.config import ShpFit, ShpPooling
 from cct.engine import soft_cross_entropy
 
-Pooling = Literal["mean", "seqpool"]
-Fit = Literal["fast", "faithful"]
+Pooling = ShpPooling
+Fit = ShpFit
 
 
 class Readout(nn.Module):
