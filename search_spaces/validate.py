@@ -425,7 +425,7 @@ def _parse_domain(key: str, value: Any, errors: list[str]) -> Domain | None:
     t, check = TRAIN_TYPES[key], RANGES.get(key)
     if kind in ("choice", "grid"):
         return _parse_values(where, kind, args, t, check, errors)
-    return _parse_bounds(where, kind, args, t, check, errors)
+    return _parse_bounds(key, kind, args, t, check, errors)
 
 
 def _parse_values(
@@ -449,29 +449,29 @@ def _parse_values(
 
 
 def _parse_bounds(
-    where: str, kind: str, args: Any, t: Any, check: Check | None, errors: list[str]
+    key: str, kind: str, args: Any, t: Any, check: Check | None, errors: list[str]
 ) -> Domain | None:
+    where = f"search.{key}"
     if not isinstance(args, list) or len(args) != 2:
         errors.append(f"{where}: {kind} needs [low, high], got {args!r}")
         return None
     if kind == "randint" and not _is_int_key(t):
-        errors.append(f"{where}: randint draws integers, but {where[7:]} is not an integer key")
+        errors.append(f"{where}: randint draws integers, but {key} is not an integer key")
         return None
     if kind != "randint" and not _is_float_key(t):
         hint = "; use randint" if _is_int_key(t) else "; use choice"
-        errors.append(f"{where}: {kind} draws real numbers, but {where[7:]} is not a float{hint}")
+        errors.append(f"{where}: {kind} draws real numbers, but {key} is not a float{hint}")
         return None
-    n_before = len(errors)
+    problems = []
     for side, v in zip(("low", "high"), args, strict=True):
-        if kind == "randint":
-            problem = check_value(int, v)
-        else:
-            problem = check_value(float, v)  # gives the "write 5.0e-4" hint for strings
+        # check_value gives the "write 5.0e-4" hint for strings
+        problem = check_value(int if kind == "randint" else float, v)
         if problem is None and check is not None:
             problem = check(v)
         if problem:
-            errors.append(f"{where}: {kind} {side}: {problem}")
-    if len(errors) > n_before:
+            problems.append(f"{where}: {kind} {side}: {problem}")
+    if problems:
+        errors.extend(problems)
         return None
     low, high = args
     if kind == "loguniform" and low <= 0:
