@@ -486,15 +486,16 @@ def _parse_bounds(
 
 
 def _parse_tune(raw: Any, base: TrainConfig, epochs: int | None, errors: list[str]) -> TuneSpec:
+    d = TuneSpec()  # the defaults live in the dataclass only
     schema = {
-        "searcher": (SearcherName, "optuna-tpe", None),
-        "objectives": (None, {"val_accuracy": "max"}, None),
-        "num_samples": (int, 1, _at_least(1)),
-        "scheduler": (None, "fifo", None),
-        "seeds": (None, None, None),
-        "time_budget_s": (float | None, None, _positive),
-        "max_epochs_without_gain": (int | None, None, _at_least(1)),
-        "searcher_seed": (int, 0, _at_least(0)),
+        "searcher": (SearcherName, d.searcher, None),
+        "objectives": (None, dict(d.objectives), None),
+        "num_samples": (int, d.num_samples, _at_least(1)),
+        "scheduler": (None, d.scheduler, None),
+        "seeds": (None, d.seeds, None),
+        "time_budget_s": (float | None, d.time_budget_s, _positive),
+        "max_epochs_without_gain": (int | None, d.max_epochs_without_gain, _at_least(1)),
+        "searcher_seed": (int, d.searcher_seed, _at_least(0)),
     }
     f = _fields(raw, "tune", schema, errors)
     objectives = _parse_objectives(f["objectives"], errors)
@@ -584,11 +585,12 @@ def _parse_seeds(raw: Any, errors: list[str]) -> tuple[int, ...] | None:
 
 
 def _parse_resources(raw: Any, errors: list[str]) -> ResourcesSpec:
+    d = ResourcesSpec()
     schema = {
-        "workers_per_trial": (int, 1, _at_least(1)),
-        "gpus_per_worker": (float, 0.0, _at_least(0)),
-        "cpus_per_worker": (float, 1.0, _positive),
-        "max_concurrent_trials": (int | None, None, _at_least(1)),
+        "workers_per_trial": (int, d.workers_per_trial, _at_least(1)),
+        "gpus_per_worker": (float, d.gpus_per_worker, _at_least(0)),
+        "cpus_per_worker": (float, d.cpus_per_worker, _positive),
+        "max_concurrent_trials": (int | None, d.max_concurrent_trials, _at_least(1)),
     }
     f = _fields(raw, "resources", schema, errors)
     gpus, workers = f["gpus_per_worker"], f["workers_per_trial"]

@@ -275,3 +275,17 @@ def test_every_range_check_names_a_real_config_key():
     from search_spaces.validate import RANGES, TRAIN_TYPES
 
     assert set(RANGES) <= set(TRAIN_TYPES)
+
+
+def test_sections_left_out_take_the_dataclass_defaults():
+    from search_spaces import load_spec
+    from search_spaces.spec import AnalysisSpec, ResourcesSpec, TuneSpec
+
+    spec = load_spec(None, [])  # the quickstart sets some keys; compare only what it leaves out
+    raw = yaml.safe_load(Path(spec.source).read_text())
+    for name, cls in (("tune", TuneSpec), ("resources", ResourcesSpec), ("analysis", AnalysisSpec)):
+        given = raw.get(name) or {}
+        default = cls()
+        for f in dataclasses.fields(cls):
+            if f.name not in given:
+                assert getattr(getattr(spec, name), f.name) == getattr(default, f.name), f.name
