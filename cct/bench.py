@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,22 @@ from cct.models import create_model
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor data sheets, matched
 # against torch.cuda.get_device_name in order: the first substring that appears wins.
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, keyed by
+# the words of the name torch reports. A key matches whole words in order, most specific key
+# first: "H200 NVL" is not an H200 SXM, "L40" is not an L4, "A10G" (AWS's A10 variant, fewer
+# tensor-core clocks) is not an A10.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200 NVL", 835.0),
     ("H200", 989.0),  # SXM; same tensor cores as H100 SXM, more memory
     ("GH200", 989.0),
-    ("A100", 312.0),
+    ("A100", 312.0),  # SXM and PCIe
+    ("A10G", 70.0),  # the default GPU of ray_cluster.yaml (AWS g5)
+    ("A10", 125.0),
     ("L40S", 362.0),
+    ("L40", 181.0),
     ("L4", 121.0),
 ]
 
@@ -49,10 +58,16 @@ RECIPE_AUGMENT = AugmentSpec(
 RECIPE_TRAIN_IMAGES = 50_000
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def peak_tflops_for(name: str) -> float | None:
     """The dense bf16 peak of a CUDA device by its name, or None when it is not in the table."""
+    words = _words(name)
     for key, tflops in PEAK_BF16_TFLOPS:
-        if key.lower() in name.lower():
+        k = _words(key)
+        if any(words[i : i + len(k)] == k for i in range(len(words) - len(k) + 1)):
             return tflops
     return None
 

@@ -2,6 +2,7 @@
 
     python -m cct.perf [--device auto|cpu|cuda] [--out DIR] [--only train,latency,data,sharing]
                        [--quick] [--precision auto|fp32|bf16] [--compile] [--num-workers 2] ...
+    python -m cct.perf --device cuda --check --out DIR    (the GPU check, cct/perf/check.py)
 
 Rows (ours / reference, medians of interleaved repeats):
 - train: training samples/s and MFU of cct_7_3x1_32, its LS-MHA variant (32 heads x 8), its
@@ -445,6 +446,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="interleaved repeats per side")
     p.add_argument("--share-counts", help="processes sharing the device, e.g. 1,2,4")
     p.add_argument("--share-seconds", type=float, help="training seconds per sharing process")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="the GPU check instead of the suite: every GPU path once, ~5 min (cct/perf/check.py)",
+    )
+    p.add_argument("--budget-s", type=float, default=300.0, help="--check: total seconds")
+    p.add_argument("--check-cases", help="--check: cases to run (default: all)")
     return p.parse_args(argv)
 
 
@@ -545,6 +553,16 @@ def run(setup: Setup, groups: list[str], cases: list[Case]) -> tuple[dict, list[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        from cct.perf import check
+
+        return check.main(
+            device=args.device,
+            out=args.out,
+            budget_s=args.budget_s,
+            cases=args.check_cases,
+            quick=args.quick,
+        )
     try:
         setup, groups, cases = make_setup(args)
     except UsageError as e:
