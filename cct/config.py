@@ -168,8 +168,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict; raises ConfigError listing every problem."""
-        values, problems = read_fields(cls, d)
+        """Build from a nested dict; raises ConfigError listing every problem. Checks keys
+        and types only: the ranges are the sweep validator's (a run by hand may freeze the
+        weights with optim.lr=0), and the model factory and augmentation check their own."""
+        values, problems = read_fields(cls, d, ranges=False)
         if problems:
             raise ConfigError("; ".join(map(str, problems)))
         return cls(**values)
@@ -281,21 +283,29 @@ def read_fields(
     *,
     own: Iterable[str] = (),
     checks: Mapping[str, Check] | None = None,
+    ranges: bool = True,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The one reader of a plain mapping into a config dataclass: every key is checked
     against its field's type (check_value), then its range (field metadata "range"), then
     `checks` (dotted key -> extra check); nested dataclasses are read the same way and
     built. Returns the valid values, ready for `cls(**values)` (float fields as floats;
     a bad or unknown key is left out, so its default stands), and every Problem, keyed
-    relative to `cls`. Keys in `own` are the caller's to check: passed through as given.
+    relative to `cls`. Keys in `own` are the caller's to check: passed through as given;
+    ranges=False checks keys and types only.
     A null section reads as an empty one (YAML's `model:` with nothing under it)."""
     problems: list[Problem] = []
-    values = _read(cls, raw, "", set(own), checks or {}, problems)
+    values = _read(cls, raw, "", set(own), checks or {}, ranges, problems)
     return values, problems
 
 
 def _read(
-    cls: type, raw: Any, prefix: str, own: set[str], checks: Mapping[str, Check], out: list
+    cls: type,
+    raw: Any,
+    prefix: str,
+    own: set[str],
+    checks: Mapping[str, Check],
+    ranges: bool,
+    out: list[Problem],
 ) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -313,9 +323,10 @@ def _read(
             out.append(unknown_key(full, fields))
         elif dataclasses.is_dataclass(hints[key]):
             t = hints[key]
-            values[key] = t(**_read(t, value, f"{full}.", set(), checks, out))
+            values[key] = t(**_read(t, value, f"{full}.", set(), checks, ranges, out))
         else:
-            problem = _check_leaf(hints[key], value, fields[key].metadata.get("range"))
+            valid = fields[key].metadata.get("range") if ranges else None
+            problem = _check_leaf(hints[key], value, valid)
             if problem is None and value is not None and full in checks:
                 problem = checks[full](value)
             if problem:
