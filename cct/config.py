@@ -346,7 +346,8 @@ def _check_leaf(t: Any, value: Any, valid: Range | None) -> str | None:
 
 def normalise(t: Any, value: Any) -> Any:
     """Float fields get floats, so `lr: 1` and `lr: 1.0` mean (and hash) the same."""
-    return float(value) if _is_float_type(t) and value is not None else value
+    number = isinstance(value, int) and not isinstance(value, bool)
+    return float(value) if number and _is_float_type(t) else value
 
 
 def _is_float_type(t: Any) -> bool:
