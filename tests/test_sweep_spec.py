@@ -303,3 +303,20 @@ def test_sections_left_out_take_the_dataclass_defaults():
         for f in dataclasses.fields(cls):
             if f.name not in given:
                 assert getattr(getattr(spec, name), f.name) == getattr(default, f.name), f.name
+
+
+def test_one_reader_for_the_train_config_and_the_sweep_base():
+    # cct.config.read_fields reads both: the same bad key gives the same message, the sweep
+    # file's under `base.`; each problem keeps its key and the value given.
+    from cct.config import Problem, read_fields
+
+    bad = {"optim": {"lrr": 0.1, "batch_size": 64.5}, "model": {"depth": "x"}}
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_dict(bad)
+    _, problems = read_fields(TrainConfig, bad)
+    assert [p.key for p in problems] == ["optim.lrr", "optim.batch_size", "model.depth"]
+    assert problems[1] == Problem("optim.batch_size", "expected an integer, got 64.5")
+    assert problems[1].value == 64.5
+    assert str(e.value) == "; ".join(map(str, problems))
+    sets = ("base.optim.lrr=0.1", "base.optim.batch_size=64.5", "base.model.depth=x")
+    assert sorted(_errors(None, sets)) == sorted(f"base.{p}" for p in problems)
