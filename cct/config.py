@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -312,8 +313,7 @@ def _read(
     if not isinstance(raw, Mapping):
         out.append(Problem(prefix.rstrip("."), f"expected a mapping, got {raw!r}", raw))
         return {}
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         full = f"{prefix}{key}"
@@ -334,6 +334,12 @@ def _read(
             else:
                 values[key] = normalise(hints[key], value)
     return values
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    # Resolving the annotations is most of a read's cost: once per class.
+    return get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _check_leaf(t: Any, value: Any, valid: Range | None) -> str | None:
