@@ -23,7 +23,7 @@ from cct.cli import OneLineParser, fail
 from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, parse_override, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.shapes import dataset_shape
-from cct.device import allow_tf32, sync, use_bf16
+from cct.device import allow_tf32, resolve_device, sync, use_bf16
 from cct.engine import make_trainer
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import create_model
@@ -122,16 +122,6 @@ def time_training(
     return (time.perf_counter() - t0) / steps
 
 
-def _device(name: str) -> torch.device:
-    """The device `name` asks for: "auto" is CUDA when a GPU is visible, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
-    return dev
-
-
 def benchmark(
     variant: str,
     overrides: dict[str, Any] | None = None,
@@ -156,7 +146,7 @@ def benchmark(
     `peak_tflops` is given): 3 x forward FLOPs (2 x MACs, attention matmuls included) x batch
     per training step, over the step time and the peak.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     allow_tf32(dev)
     bf16 = use_bf16(precision, dev)
 
@@ -186,12 +176,9 @@ def benchmark(
         compile=compile,
     )
 
-    # Model FLOPs (Chowdhery et al. 2022, PaLM appendix B): backward costs twice the forward.
-    flops_per_step = 3 * 2 * macs.total * train_batch_size
     name = device_name(dev)
-    peak = peak_tflops
-    if peak is None and dev.type == "cuda" and bf16:  # the table holds bf16 peaks only
-        peak = peak_tflops_for(name)
+    if peak_tflops is None and dev.type == "cuda" and bf16:  # the table holds bf16 peaks only
+        peak_tflops = peak_tflops_for(name)
     return {
         "variant": variant,
         "overrides": dict(overrides or {}),
@@ -211,9 +198,19 @@ def benchmark(
         "train_steps": train_steps,
         "train_step_ms": step_s * 1e3,
         "train_samples_per_s": train_batch_size / step_s,
-        "model_tflops_per_s": flops_per_step / step_s / 1e12,
-        "peak_tflops": peak,
-        "mfu": flops_per_step / step_s / (peak * 1e12) if peak else None,
+        **utilisation(macs.total * train_batch_size, step_s, peak_tflops),
+    }
+
+
+def utilisation(batch_macs: int, step_s: float, peak_tflops: float | None) -> dict[str, Any]:
+    """Model TFLOP/s of a training step over `batch_macs` forward MACs, and the MFU against
+    the peak (None without one)."""
+    # Model FLOPs (Chowdhery et al. 2022, PaLM appendix B): backward costs twice the forward.
+    tflops = 3 * 2 * batch_macs / step_s / 1e12
+    return {
+        "model_tflops_per_s": tflops,
+        "peak_tflops": peak_tflops,
+        "mfu": tflops / peak_tflops if peak_tflops else None,
     }
 
 
@@ -293,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         from cct.models import resolve_settings
 
         resolve_settings(args.variant, **shape, **overrides)
+        resolve_device(args.device)  # DeviceUnavailable is a ConfigError: one line
     except ConfigError as e:
         fail(e)
 

@@ -8,8 +8,11 @@ back into one (`to_dict`) so Ray workers can rebuild it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -32,25 +35,75 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names it."""
 
 
+# --------------------------------------------------------------------------------------
+# ranges: stated once, on the fields, and read by every check (the sweep validator, the
+# model factory, augmentation, TrainConfig.from_dict)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a field accepts: from `low` (excluded when low_open) to `high`
+    (excluded when high_open; None: no upper end)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = True
+
+    def problem(self, v: Any) -> str | None:
+        """None when `v` is in range, else "must be ..., got v"."""
+        above = v > self.low if self.low_open else v >= self.low
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        if above and below:
+            return None
+        if self.high is not None:
+            return f"must be in {self}, got {v!r}"
+        return f"must be {'>' if self.low_open else 'at least'} {self.low:g}, got {v!r}"
+
+    def __str__(self) -> str:
+        high = "inf" if self.high is None else f"{self.high:g}"
+        ends = ("(" if self.low_open else "[", ")" if self.high_open else "]")
+        return f"{ends[0]}{self.low:g}, {high}{ends[1]}"
+
+
+def at_least(n: float) -> dict[str, Range]:
+    """Field metadata: the value must be >= n."""
+    return {"range": Range(n)}
+
+
+def within(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = True
+) -> dict[str, Range]:
+    """Field metadata: the value must lie between low and high ([low, high) by default)."""
+    return {"range": Range(low, high, low_open=low_open, high_open=high_open)}
+
+
+POSITIVE = {"range": Range(0, low_open=True)}  # field metadata: the value must be > 0
+FRACTION = within(0, 1)  # [0, 1): a probability that must leave something (dropout, smoothing)
+PROBABILITY = within(0, 1, high_open=False)  # [0, 1]
+# The SHP binarisation threshold: in (0, 1] so all-zero units stay zero (SPEC 4.4).
+SHP_THRESHOLD_RANGE = Range(0, 1, low_open=True, high_open=False)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # None means "the variant's own value" (see cct/models/registry.py).
     variant: str = "cct_7_3x1_32"
-    num_heads: int | None = None
-    head_dim: int | None = None
-    attn_dim: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    mlp_ratio: float | None = None
-    conv_blocks: int | None = None
+    num_heads: int | None = field(default=None, metadata=at_least(1))
+    head_dim: int | None = field(default=None, metadata=at_least(1))
+    attn_dim: int | None = field(default=None, metadata=at_least(1))
+    embed_dim: int | None = field(default=None, metadata=at_least(1))
+    depth: int | None = field(default=None, metadata=at_least(1))
+    mlp_ratio: float | None = field(default=None, metadata=POSITIVE)
+    conv_blocks: int | None = field(default=None, metadata=at_least(0))  # <= depth: registry
     conv_block_norm: ConvBlockNorm | None = None
     conv_block_act: ConvBlockAct | None = None
-    tokenizer_layers: int | None = None
-    tokenizer_kernel: int | None = None
+    tokenizer_layers: int | None = field(default=None, metadata=at_least(1))
+    tokenizer_kernel: int | None = field(default=None, metadata=at_least(1))
     pos_embedding: PosEmbedding | None = None
-    attn_dropout: float | None = None
-    drop_path: float | None = None
-    dropout: float | None = None
+    attn_dropout: float | None = field(default=None, metadata=FRACTION)
+    drop_path: float | None = field(default=None, metadata=FRACTION)
+    dropout: float | None = field(default=None, metadata=FRACTION)
 
     def overrides(self) -> dict[str, Any]:
         """The fields set explicitly (not None), minus the variant name."""
@@ -62,12 +115,12 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     # None means "the dataset's default" (see DATASETS in cct/data/sources.py).
-    crop_padding: int | None = None
+    crop_padding: int | None = field(default=None, metadata=at_least(0))
     flip: bool | None = None
-    mixup: float | None = None
-    cutmix: float | None = None
-    erase_prob: float | None = None
-    label_smoothing: float | None = None
+    mixup: float | None = field(default=None, metadata=at_least(0))  # a Beta alpha
+    cutmix: float | None = field(default=None, metadata=at_least(0))  # a Beta alpha
+    erase_prob: float | None = field(default=None, metadata=PROBABILITY)
+    label_smoothing: float | None = field(default=None, metadata=FRACTION)
 
 
 @dataclass(frozen=True)
@@ -75,28 +128,29 @@ class DataConfig:
     dataset: DatasetName = "digits"
     root: str = "~/.cache/cct-data"
     download: bool = True
-    val_size: int | None = None  # None: the dataset's default (5,000 for CIFAR)
-    split_seed: int = 0
-    img_size: int | None = None  # None: the dataset's native size
+    # None: the dataset's default (5,000 for CIFAR)
+    val_size: int | None = field(default=None, metadata=at_least(1))
+    split_seed: int = field(default=0, metadata=at_least(0))
+    img_size: int | None = field(default=None, metadata=at_least(1))  # None: native size
     # synthetic only
-    synthetic_train: int = 2048
-    synthetic_test: int = 512
-    synthetic_classes: int = 10
-    synthetic_size: int = 16
+    synthetic_train: int = field(default=2048, metadata=at_least(1))
+    synthetic_test: int = field(default=512, metadata=at_least(1))
+    synthetic_classes: int = field(default=10, metadata=at_least(2))
+    synthetic_size: int = field(default=16, metadata=at_least(1))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 6e-4
-    min_lr: float = 1e-5
-    weight_decay: float = 6e-2
-    warmup_epochs: float = 10.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float | None = None
+    epochs: int = field(default=300, metadata=at_least(1))
+    batch_size: int = field(default=128, metadata=at_least(1))
+    lr: float = field(default=6e-4, metadata=POSITIVE)
+    min_lr: float = field(default=1e-5, metadata=at_least(0))
+    weight_decay: float = field(default=6e-2, metadata=at_least(0))
+    warmup_epochs: float = field(default=10.0, metadata=at_least(0))
+    beta1: float = field(default=0.9, metadata=FRACTION)
+    beta2: float = field(default=0.999, metadata=FRACTION)
+    grad_clip: float | None = field(default=None, metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -104,23 +158,24 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     device: DeviceName = "auto"
     precision: Precision = "auto"
     compile: bool = False
     final_weights: FinalWeights = "final"
-    max_epochs_without_gain: int | None = None
-    eval_every: int = 1
-    latency_runs: int = 100
+    max_epochs_without_gain: int | None = field(default=None, metadata=at_least(1))
+    eval_every: int = field(default=1, metadata=at_least(1))
+    latency_runs: int = field(default=100, metadata=at_least(1))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict; raises ConfigError listing every problem."""
-        errors: list[str] = []
-        cfg = _build(cls, d, "", errors)
-        if errors:
-            raise ConfigError("; ".join(errors))
-        return cfg
+        """Build from a nested dict; raises ConfigError listing every problem. Checks keys
+        and types only: the ranges are the sweep validator's (a run by hand may freeze the
+        weights with optim.lr=0), and the model factory and augmentation check their own."""
+        values, problems = read_fields(cls, d, ranges=False)
+        if problems:
+            raise ConfigError("; ".join(map(str, problems)))
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,39 +229,131 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def field_types(cls: type) -> dict[str, Any]:
     """Dotted key -> annotated type, for every leaf of a config dataclass."""
-    out: dict[str, Any] = {}
+    return {key: t for key, (t, _) in _leaves(cls).items()}
+
+
+def field_ranges(cls: type) -> dict[str, Range]:
+    """Dotted key -> Range, for every leaf of a config dataclass that states one."""
+    return {key: r for key, (_, r) in _leaves(cls).items() if r is not None}
+
+
+def _leaves(cls: type) -> dict[str, tuple[Any, Range | None]]:
+    out: dict[str, tuple[Any, Range | None]] = {}
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
-            for k, v in field_types(t).items():
-                out[f"{f.name}.{k}"] = v
+            out.update({f"{f.name}.{k}": v for k, v in _leaves(t).items()})
         else:
-            out[f.name] = t
+            out[f.name] = (t, f.metadata.get("range"))
     return out
 
 
-def _build(cls: type, d: Any, prefix: str, errors: list[str]) -> Any:
-    if not isinstance(d, dict):
-        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
-        return cls()
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in d.items():
-        if key not in names:
-            errors.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
-            continue
-        t = hints[key]
-        if dataclasses.is_dataclass(t):
-            kwargs[key] = _build(t, value, f"{prefix}{key}.", errors)
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a config: its dotted key, what is wrong, and the value given."""
+
+    key: str
+    message: str
+    value: Any = field(default=None, compare=False, repr=False)
+
+    def under(self, prefix: str) -> Problem:
+        """The same problem, its key under `prefix` (e.g. "base")."""
+        key = f"{prefix}.{self.key}" if self.key else prefix
+        return Problem(key, self.message, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.key or 'config'}: {self.message}"
+
+
+def unknown_key(key: str, valid: Iterable[str], name: str | None = None) -> Problem:
+    """'<key>: unknown key', a close match if any, and the valid keys; `name` is the part
+    of `key` that the valid keys spell (default: its last part)."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name or key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return Problem(key, f"unknown key{hint} (valid keys: {', '.join(valid)})")
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def read_fields(
+    cls: type,
+    raw: Any,
+    *,
+    own: Iterable[str] = (),
+    checks: Mapping[str, Check] | None = None,
+    ranges: bool = True,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """The one reader of a plain mapping into a config dataclass: every key is checked
+    against its field's type (check_value), then its range (field metadata "range"), then
+    `checks` (dotted key -> extra check); nested dataclasses are read the same way and
+    built. Returns the valid values, ready for `cls(**values)` (float fields as floats;
+    a bad or unknown key is left out, so its default stands), and every Problem, keyed
+    relative to `cls`. Keys in `own` are the caller's to check: passed through as given;
+    ranges=False checks keys and types only.
+    A null section reads as an empty one (YAML's `model:` with nothing under it)."""
+    problems: list[Problem] = []
+    values = _read(cls, raw, "", set(own), checks or {}, ranges, problems)
+    return values, problems
+
+
+def _read(
+    cls: type,
+    raw: Any,
+    prefix: str,
+    own: set[str],
+    checks: Mapping[str, Check],
+    ranges: bool,
+    out: list[Problem],
+) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        out.append(Problem(prefix.rstrip("."), f"expected a mapping, got {raw!r}", raw))
+        return {}
+    hints, fields = _schema(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key in own:
+            values[key] = value
+        elif key not in fields:
+            out.append(unknown_key(full, fields))
+        elif dataclasses.is_dataclass(hints[key]):
+            t = hints[key]
+            values[key] = t(**_read(t, value, f"{full}.", set(), checks, ranges, out))
         else:
-            problem = check_value(t, value)
+            valid = fields[key].metadata.get("range") if ranges else None
+            problem = _check_leaf(hints[key], value, valid)
+            if problem is None and value is not None and full in checks:
+                problem = checks[full](value)
             if problem:
-                errors.append(f"{prefix}{key}: {problem}")
+                out.append(Problem(full, problem, value))
             else:
-                kwargs[key] = float(value) if _is_float_type(t) and value is not None else value
-    return cls(**kwargs)
+                values[key] = normalise(hints[key], value)
+    return values
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    # Resolving the annotations is most of a read's cost: once per class.
+    return get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _check_leaf(t: Any, value: Any, valid: Range | None) -> str | None:
+    """Type first (check_value), then range; None when fine."""
+    problem = check_value(t, value)
+    if problem is None and valid is not None and value is not None:
+        problem = valid.problem(value)
+    return problem
+
+
+def normalise(t: Any, value: Any) -> Any:
+    """Float fields get floats, so `lr: 1` and `lr: 1.0` mean (and hash) the same."""
+    number = isinstance(value, int) and not isinstance(value, bool)
+    return float(value) if number and _is_float_type(t) else value
 
 
 def _is_float_type(t: Any) -> bool:

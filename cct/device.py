@@ -1,11 +1,33 @@
-"""The device side of every run, training and benchmarks alike: which number format the
-forward pass uses, the TF32 switch, and waiting for queued work before reading a clock."""
+"""The device side of every run, training and benchmarks alike: which device "auto" means,
+which number format the forward pass uses, the TF32 switch, and waiting for queued work
+before reading a clock."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+
+from cct.config import ConfigError
+
+
+class DeviceUnavailable(ConfigError, RuntimeError):
+    """The device asked for is not there (a ConfigError for the CLIs' one-line errors; a
+    RuntimeError as it always was)."""
+
+
+def resolve_device(name: str | torch.device, *, with_index: bool = False) -> torch.device:
+    """The device `name` ("auto", "cpu", "cuda", "cuda:1") asks for: "auto" is CUDA when a GPU
+    is visible, else the CPU. with_index gives an index-less CUDA device the current one
+    (that starts CUDA: not for a rank that has yet to pick its GPU)."""
+    if str(name) == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {str(name)!r}: no CUDA device is visible")
+    if with_index and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

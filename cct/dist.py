@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cct.device import resolve_device
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -25,9 +27,7 @@ def setup(device: str = "auto") -> tuple[Rank, torch.device]:
     """Join the process group if the environment asks for one; pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA device is visible")
+    use_cuda = resolve_device(device).type == "cuda"  # DeviceUnavailable: cuda asked, none seen
     dev = torch.device(
         f"cuda:{local_rank % max(1, torch.cuda.device_count())}" if use_cuda else "cpu"
     )

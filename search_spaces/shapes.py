@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cct.config import ConfigError, DataConfig, TrainConfig, flatten
+from cct.config import ConfigError, DataConfig, Problem, TrainConfig, flatten
 from cct.data.shapes import dataset_shape as cct_dataset_shape
 from cct.models.registry import resolve_settings
 from search_spaces.spec import Domain
@@ -53,7 +53,9 @@ def _extremes(values: list[Any]) -> list[Any]:
     return list(dict.fromkeys(ends)) + others
 
 
-def check_shapes(base: TrainConfig, search: Mapping[str, Domain]) -> tuple[list[str], int | None]:
+def check_shapes(
+    base: TrainConfig, search: Mapping[str, Domain]
+) -> tuple[list[Problem], int | None]:
     """Errors for impossible model shapes, and the smallest depth any trial can have."""
     keys = sorted(k for k in search if _shape_keys(k))
     choices = [_candidates(search[k]) for k in keys]
@@ -61,7 +63,7 @@ def check_shapes(base: TrainConfig, search: Mapping[str, Domain]) -> tuple[list[
     if total > MAX_COMBINATIONS:
         choices = [_extremes(c) for c in choices]
     fixed = flatten(base.to_dict())
-    errors: list[str] = []
+    errors: list[Problem] = []
     failing = 0
     depths: list[int] = []
     for combo in itertools.product(*choices):
@@ -75,8 +77,11 @@ def check_shapes(base: TrainConfig, search: Mapping[str, Domain]) -> tuple[list[
     if failing > MAX_REPORTED:
         checked = math.prod(len(c) for c in choices)
         errors.append(
-            f"search: {failing - MAX_REPORTED} more of the {checked} combinations checked"
-            " cannot work either"
+            Problem(
+                "search",
+                f"{failing - MAX_REPORTED} more of the {checked} combinations checked"
+                " cannot work either",
+            )
         )
     return errors, (min(depths) if depths else None)
 
@@ -97,10 +102,10 @@ def _resolve(values: Mapping[str, Any]) -> Any:
     )
 
 
-def _describe(keys: list[str], combo: tuple[Any, ...], message: str) -> list[str]:
+def _describe(keys: list[str], combo: tuple[Any, ...], message: str) -> list[Problem]:
     # resolve_settings joins several problems with "; ": one line each.
     problems = message.split("; ")
     if not keys:
-        return [f"base: {p}" for p in problems]
+        return [Problem("base", p) for p in problems]
     combo_text = ", ".join(f"{k}={v!r}" for k, v in zip(keys, combo, strict=True))
-    return [f"search: the combination {combo_text} cannot work: {p}" for p in problems]
+    return [Problem("search", f"the combination {combo_text} cannot work: {p}") for p in problems]

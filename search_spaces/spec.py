@@ -17,7 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from cct.config import SHP_THRESHOLD, ShpFit, ShpPooling, ShpUnits, TrainConfig, flatten
+from cct.config import (
+    POSITIVE,
+    SHP_THRESHOLD,
+    SHP_THRESHOLD_RANGE,
+    ShpFit,
+    ShpPooling,
+    ShpUnits,
+    TrainConfig,
+    at_least,
+    flatten,
+)
 
 DomainKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 SearcherName = Literal["optuna-tpe", "optuna-nsga2", "random", "grid"]
@@ -54,28 +64,29 @@ class Domain:
 
 @dataclass(frozen=True)
 class AshaSpec:
-    grace_period: int
-    max_t: int
+    max_t: int = field(metadata=at_least(1))  # the validator's default: base.optim.epochs
+    grace_period: int = field(default=1, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
 class TuneSpec:
     searcher: SearcherName = "optuna-tpe"
     objectives: tuple[tuple[Objective, Mode], ...] = (("val_accuracy", "max"),)
-    num_samples: int = 1  # for `grid`: repeats of the whole grid
+    num_samples: int = field(default=1, metadata=at_least(1))  # grid: repeats of the whole grid
     scheduler: Literal["fifo"] | AshaSpec = "fifo"
     seeds: tuple[int, ...] | None = None
-    time_budget_s: float | None = None
-    max_epochs_without_gain: int | None = None
-    searcher_seed: int = 0
+    time_budget_s: float | None = field(default=None, metadata=POSITIVE)
+    max_epochs_without_gain: int | None = field(default=None, metadata=at_least(1))
+    searcher_seed: int = field(default=0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    max_concurrent_trials: int | None = None  # None: as many as fit
+    workers_per_trial: int = field(default=1, metadata=at_least(1))
+    gpus_per_worker: float = field(default=0.0, metadata=at_least(0))
+    cpus_per_worker: float = field(default=1.0, metadata=POSITIVE)
+    # None: as many as fit
+    max_concurrent_trials: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class AnalysisSpec:
     units: ShpUnits = "heads"
     pooling: ShpPooling = "mean"
     fit: ShpFit = "fast"
-    threshold: float = SHP_THRESHOLD
+    threshold: float = field(default=SHP_THRESHOLD, metadata={"range": SHP_THRESHOLD_RANGE})
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     storage_path: str = ""  # absolute path or URI
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(default=2, metadata=at_least(1))
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     source: str = ""
     hash: str = ""

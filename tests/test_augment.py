@@ -226,3 +226,16 @@ def test_one_channel_batches_work():
     x, y = batch(c=1, s=8)
     out, t = run(AugmentSpec(1, False, 0.8, 1.0, 0.25, 0.1), x, y)
     assert out.shape == (16, 1, 8, 8) and t.shape == (16, 10)
+
+
+def test_resolve_augment_fills_defaults_and_refuses_what_the_fields_rule_out():
+    from cct.config import AugmentConfig, ConfigError
+    from cct.data import resolve_augment
+
+    assert resolve_augment(AugmentConfig(mixup=0.2), NONE) == spec(mixup=0.2)
+    with pytest.raises(ConfigError) as e:
+        resolve_augment(AugmentConfig(mixup=-1.0, erase_prob=1.5), NONE)
+    assert str(e.value) == (
+        "data.augment.mixup: must be at least 0, got -1.0; "
+        "data.augment.erase_prob: must be in [0, 1], got 1.5"
+    )

@@ -1,6 +1,8 @@
 """The model family: every registered variant, golden sizes, the fast attention path
 against the written-out reference, internals, and the errors for impossible shapes."""
 
+import re
+
 import pytest
 import torch
 
@@ -127,15 +129,17 @@ def test_internals_come_from_the_training_forward():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num_heads": 0}, "model.num_heads must be a positive integer, got 0"),
-        ({"head_dim": -4}, "model.head_dim must be a positive integer, got -4"),
+        ({"num_heads": 0}, "model.num_heads: must be at least 1, got 0"),
+        ({"head_dim": -4}, "model.head_dim: must be at least 1, got -4"),
+        ({"dropout": 1.0}, "model.dropout: must be in [0, 1), got 1.0"),
+        ({"num_heads": True}, "model.num_heads: expected an integer, got True"),
         ({"conv_blocks": 8}, "model.conv_blocks=8 must be between 0 and model.depth=7"),
         ({"num_heads": 5}, "model.embed_dim=256 is not divisible by model.num_heads=5"),
         ({"img_size": 0}, "image size 0 is too small for cct_7_3x1_32"),
     ],
 )
 def test_impossible_shapes_are_named(overrides, message):
-    with pytest.raises(cct.ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(cct.ConfigError, match=re.escape(message)):
         cct.create_model("cct_7_3x1_32", **overrides)
 
 
@@ -163,7 +167,7 @@ def test_factory_refuses_an_unknown_choice_and_builds_every_known_one(key, value
     with pytest.raises(ValueError) as e:
         create_model("cct_2_3x2_32", **kwargs)
     message = str(e.value)
-    assert f"model.{key}='bogus'" in message
+    assert f"model.{key}: invalid value 'bogus'" in message
     assert all(choice in message for choice in CHOICES[key]), message
 
 

@@ -264,17 +264,31 @@ def test_large_spaces_are_checked_at_their_extremes():
     }
     errors, min_depth = check_shapes(spec.base, search)
     assert min_depth == 2
-    assert errors == [
+    assert [str(e) for e in errors] == [
         "search: the combination model.embed_dim=8, model.num_heads=64 cannot work:"
         " model.embed_dim=8 is not divisible by model.num_heads=64"
         " (set model.head_dim to decouple the attention width)"
     ]
 
 
-def test_every_range_check_names_a_real_config_key():
-    from search_spaces.validate import RANGES, TRAIN_TYPES
+def test_ranges_are_read_off_the_fields():
+    # One statement of each range: the field's metadata. The validator refuses just outside
+    # it and accepts just inside, for base values and searched values alike.
+    from cct.config import field_ranges
 
-    assert set(RANGES) <= set(TRAIN_TYPES)
+    ranges = field_ranges(TrainConfig)
+    assert str(ranges["optim.lr"]) == "(0, inf)" and str(ranges["model.dropout"]) == "[0, 1)"
+    assert str(ranges["data.augment.erase_prob"]) == "[0, 1]"
+    assert _errors(None, ("base.model.dropout=1.0",)) == [
+        "base.model.dropout: must be in [0, 1), got 1.0"
+    ]
+    assert load_spec(None, ["base.model.dropout=0.999"]).base.model.dropout == 0.999
+    assert _errors(None, ("search.optim.beta1={uniform: [0.5, 1.0]}",)) == [
+        "search.optim.beta1: uniform high: must be in [0, 1), got 1.0"
+    ]
+    assert _errors(None, ("base.data.augment.erase_prob=1.5",)) == [
+        "base.data.augment.erase_prob: must be in [0, 1], got 1.5"
+    ]
 
 
 def test_sections_left_out_take_the_dataclass_defaults():
@@ -289,3 +303,20 @@ def test_sections_left_out_take_the_dataclass_defaults():
         for f in dataclasses.fields(cls):
             if f.name not in given:
                 assert getattr(getattr(spec, name), f.name) == getattr(default, f.name), f.name
+
+
+def test_one_reader_for_the_train_config_and_the_sweep_base():
+    # cct.config.read_fields reads both: the same bad key gives the same message, the sweep
+    # file's under `base.`; each problem keeps its key and the value given.
+    from cct.config import Problem, read_fields
+
+    bad = {"optim": {"lrr": 0.1, "batch_size": 64.5}, "model": {"depth": "x"}}
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_dict(bad)
+    _, problems = read_fields(TrainConfig, bad)
+    assert [p.key for p in problems] == ["optim.lrr", "optim.batch_size", "model.depth"]
+    assert problems[1] == Problem("optim.batch_size", "expected an integer, got 64.5")
+    assert problems[1].value == 64.5
+    assert str(e.value) == "; ".join(map(str, problems))
+    sets = ("base.optim.lrr=0.1", "base.optim.batch_size=64.5", "base.model.depth=x")
+    assert sorted(_errors(None, sets)) == sorted(f"base.{p}" for p in problems)

@@ -37,10 +37,10 @@ import torch
 from analysis.shp.pipeline import ShpOptions, analyze_model
 from analysis.shp.readout import FaithfulRecipe
 from cct.checkpoint import load_model
-from cct.cli import OneLineParser
+from cct.cli import OneLineParser, fail
 from cct.config import TrainConfig
 from cct.data import DeviceAugment, load_dataset
-from cct.device import sync, use_bf16
+from cct.device import DeviceUnavailable, resolve_device, sync, use_bf16
 from cct.engine import NoCallbacks, build_model, fit, make_trainer
 from cct.perf.report import make_row, merge_rows, run_info
 from cct.perf.timing import load_average
@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--merge-into", type=Path, metavar="BENCH_JSON", help="add the row here")
     args = p.parse_args(argv)
     start = load_average()
-    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(dev)
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailable as e:
+        fail(e)
     report: dict = {
         "machine": {
             "device": torch.cuda.get_device_name(device)

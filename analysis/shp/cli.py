@@ -22,7 +22,8 @@ import torch
 from analysis.shp.features import UNITS, AnalysisError
 from analysis.shp.pipeline import ShpOptions
 from cct.cli import OneLineParser, fail
-from cct.config import SHP_THRESHOLD, ShpFit, ShpPooling
+from cct.config import SHP_THRESHOLD, SHP_THRESHOLD_RANGE, ShpFit, ShpPooling
+from cct.device import DeviceUnavailable, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,18 +64,17 @@ def parse_blocks(text: str) -> str | list[int]:
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
+    try:
+        return resolve_device(name, with_index=True)
+    except DeviceUnavailable:
         fail("--device cuda: no CUDA device is visible")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name, torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     blocks = parse_blocks(args.blocks)
-    if not 0 < args.threshold <= 1:
-        fail(f"--threshold {args.threshold}: must be in (0, 1]")
+    if SHP_THRESHOLD_RANGE.problem(args.threshold):
+        fail(f"--threshold {args.threshold}: {SHP_THRESHOLD_RANGE.problem(args.threshold)}")
     if args.batch_size < 1 or (args.faithful_epochs is not None and args.faithful_epochs < 0):
         fail("--batch-size must be >= 1 and --faithful-epochs >= 0")
     device = _device(args.device)

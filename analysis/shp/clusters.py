@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cct.config import SHP_THRESHOLD_RANGE
+
 
 def normalize(fields: np.ndarray) -> np.ndarray:
     """(U, K, K) -> each unit divided by its own max; all zero where the max is not positive."""
@@ -25,8 +27,8 @@ def normalize(fields: np.ndarray) -> np.ndarray:
 
 def binarize(normalized: np.ndarray, threshold: float) -> np.ndarray:
     """1 where normalized >= threshold. threshold must be in (0, 1] so all-zero units stay zero."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if SHP_THRESHOLD_RANGE.problem(threshold):
+        raise ValueError(f"threshold {SHP_THRESHOLD_RANGE.problem(threshold)}")
     return (np.asarray(normalized) >= threshold).astype(np.uint8)
 
 

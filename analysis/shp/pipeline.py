@@ -66,7 +66,7 @@ from analysis.shp.stats import cluster_stats, label_sets, overlap_matrix, specia
 from cct.checkpoint import unwrap
 from cct.config import SHP_THRESHOLD
 from cct.data import DeviceData
-from cct.device import use_bf16
+from cct.device import resolve_device, use_bf16
 from cct.models import CCT
 
 __all__ = ["ShpOptions", "analyze_checkpoint", "analyze_features", "analyze_model", "jsonable"]
@@ -136,9 +136,7 @@ def analyze_checkpoint(
     from cct.config import TrainConfig
     from cct.data import load_dataset
 
-    if device == "auto":
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = resolve_device(device, with_index=True)
     checkpoint = Path(checkpoint)
     if not (checkpoint / "model.json").is_file() or not (checkpoint / "model.pt").is_file():
         raise FileNotFoundError(

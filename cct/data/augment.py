@@ -10,6 +10,7 @@ value back to the host (no .item(), no Python branch on a tensor), so it never s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cct.config import AugmentConfig, ConfigError
+from cct.config import AugmentConfig, ConfigError, read_fields
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,9 @@ def resolve_augment(cfg: AugmentConfig, defaults: AugmentSpec) -> AugmentSpec:
     spec = AugmentSpec(
         **{k: (getattr(defaults, k) if v is None else v) for k, v in vars(cfg).items()}
     )
-    problems = []
-    if spec.crop_padding < 0:
-        problems.append(f"augment.crop_padding must be >= 0, got {spec.crop_padding}")
-    for k in ("mixup", "cutmix"):
-        if getattr(spec, k) < 0:
-            problems.append(f"augment.{k} (a Beta alpha) must be >= 0, got {getattr(spec, k)}")
-    if not 0 <= spec.erase_prob <= 1:
-        problems.append(f"augment.erase_prob must be in [0, 1], got {spec.erase_prob}")
-    if not 0 <= spec.label_smoothing < 1:
-        problems.append(f"augment.label_smoothing must be in [0, 1), got {spec.label_smoothing}")
+    _, problems = read_fields(AugmentConfig, dataclasses.asdict(spec))  # the fields' ranges
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("; ".join(str(p.under("data.augment")) for p in problems))
     return spec
 
 

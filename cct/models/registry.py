@@ -7,10 +7,11 @@ independently: the attention width num_heads*head_dim is not tied to embed_dim.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Any
 
-from cct.config import ConfigError
+from cct.config import ConfigError, ModelConfig, read_fields
 from cct.models.cct import CCT, CCTSettings
 
 _CCT_BASE = dict(
@@ -40,10 +41,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            tokenizer_layers=2, tokenizer_kernel=7, img_size=224),
 }  # fmt: skip
 
-OVERRIDABLE = (
-    "num_heads head_dim attn_dim embed_dim depth mlp_ratio conv_blocks conv_block_norm "
-    "conv_block_act tokenizer_layers tokenizer_kernel pos_embedding attn_dropout drop_path dropout"
-).split()
+# What an override may set: ModelConfig's fields, less the variant name.
+OVERRIDABLE = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "variant"]
 
 
 # The choice fields of a model, with their valid values: read off CCTSettings' Literal types.
@@ -79,7 +78,7 @@ def resolve_settings(
     s["img_size"] = s["img_size"] if img_size is None else img_size
     head_dim = s.pop("head_dim", None)
     attn_dim = s.pop("attn_dim", None)
-    errors = _check(s, head_dim, attn_dim, num_classes, in_channels)
+    errors = _check(s, overrides, num_classes, in_channels)
     if errors:
         raise ConfigError("; ".join(errors))
     # Attention width: an explicit head_dim wins; else attn_dim / heads; else embed_dim / heads.
@@ -92,41 +91,23 @@ def resolve_settings(
 
 def _check(
     s: dict[str, Any],
-    head_dim: int | None,
-    attn_dim: int | None,
+    overrides: dict[str, Any],
     num_classes: int,
     in_channels: int,
 ) -> list[str]:
-    errors = []
-    for key in (
-        "num_heads",
-        "embed_dim",
-        "depth",
-        "tokenizer_layers",
-        "tokenizer_kernel",
-    ):
-        if not isinstance(s[key], int) or s[key] <= 0:
-            errors.append(f"model.{key} must be a positive integer, got {s[key]!r}")
-    if head_dim is not None and (not isinstance(head_dim, int) or head_dim <= 0):
-        errors.append(f"model.head_dim must be a positive integer, got {head_dim!r}")
-    if attn_dim is not None and (not isinstance(attn_dim, int) or attn_dim <= 0):
-        errors.append(f"model.attn_dim must be a positive integer, got {attn_dim!r}")
+    # Types, ranges and choices of the overrides: ModelConfig's fields state them (the
+    # variants' own values are known good). Then what no single field can say.
+    _, problems = read_fields(ModelConfig, overrides)
+    errors = [str(p.under("model")) for p in problems]
     if num_classes < 2:
         errors.append(f"num_classes must be at least 2, got {num_classes}")
     if in_channels < 1:
         errors.append(f"in_channels must be positive, got {in_channels}")
-    if s["mlp_ratio"] <= 0:
-        errors.append(f"model.mlp_ratio must be positive, got {s['mlp_ratio']}")
-    if not isinstance(s["conv_blocks"], int) or not 0 <= s["conv_blocks"] <= s["depth"]:
+    if not problems and s["conv_blocks"] > s["depth"]:
         errors.append(
             f"model.conv_blocks={s['conv_blocks']!r} must be between 0 and model.depth={s['depth']}"
         )
-    for key in ("attn_dropout", "drop_path", "dropout"):
-        if not 0.0 <= s[key] < 1.0:
-            errors.append(f"model.{key} must be in [0, 1), got {s[key]}")
-    for key, choices in CHOICES.items():
-        if s[key] not in choices:
-            errors.append(f"model.{key}={s[key]!r}: expected one of {', '.join(choices)}")
+    head_dim, attn_dim = overrides.get("head_dim"), overrides.get("attn_dim")
     if errors or head_dim is not None:
         return errors
     width, what = (

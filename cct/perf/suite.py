@@ -33,7 +33,7 @@ import torch
 
 from cct.bench import peak_tflops_for
 from cct.cli import OneLineParser
-from cct.device import allow_tf32, use_bf16
+from cct.device import DeviceUnavailable, allow_tf32, resolve_device, use_bf16
 from cct.measure import count_macs, count_params, device_name, time_forward
 from cct.perf import sharing
 from cct.perf.cases import (
@@ -486,12 +486,10 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[str], list[Case]]:
             raise UsageError(f"--{flag.replace('_', '-')} {value}: must be positive")
     if args.share_seconds is not None and args.share_seconds <= 0:
         raise UsageError(f"--share-seconds {args.share_seconds}: must be positive")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible")
-    dev = torch.device(device)
+    try:
+        dev = resolve_device(args.device)
+    except DeviceUnavailable:
+        raise UsageError("--device cuda: no CUDA device is visible") from None
     sizes = QUICK_SIZES if args.quick else CUDA_SIZES if dev.type == "cuda" else CPU_SIZES
     changes: dict[str, Any] = {
         k: getattr(args, k) for k in ("batch", "steps", "repeats") if getattr(args, k) is not None
