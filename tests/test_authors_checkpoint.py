@@ -98,3 +98,26 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(AuthorsCheckpointError, match="not a readable torch file"):
         load_authors_checkpoint(tmp_path / "junk.pth")
+
+
+def test_shp_cli_analyses_an_authors_file_on_test_and_says_so(tmp_path, capsys):
+    import json
+
+    from analysis.shp.cli import main
+
+    model = create_model("cct_2_3x2_32", num_classes=10, img_size=16, embed_dim=32,
+                         tokenizer_layers=1, depth=2)  # fmt: skip
+    path = tmp_path / "their.pth"
+    write_authors_layout(model, path)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(path), "--variant", "cct_2_3x2_32", "--dataset", "synthetic",
+            "--blocks", "1", "--no-plots", "--andc", "none", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "validation split was in its training data; analysed on test" in printed
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["heldout"] == "test" and "analysed on test" in doc["checkpoint"]["note"]
+    assert doc["blocks"][0]["unit"] == "head" and doc["blocks"][0]["num_units"] == 2
+    with pytest.raises(SystemExit):  # a wrong class count: one line, exit 2
+        main([*argv[:4], "--num-classes", "7", "--dataset", "synthetic", "--out", str(out)])
+    assert "classifier.fc has 10 outputs" in capsys.readouterr().err

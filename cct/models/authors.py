@@ -158,7 +158,7 @@ def image_size(variant: str, layers: int, kernel: int, num_tokens: int | None) -
     if num_tokens is None:
         return default
     tok = Tokenizer(in_channels=1, embed_dim=1, layers=layers, kernel=kernel)
-    for size in (default, *range(4, 1025)):
+    for size in (default, 32, 224, 16, 8, 64, 96, 128, 256, *range(4, 1025)):  # usual ones first
         if tok.grid_size(size) ** 2 == num_tokens:
             return size
     raise AuthorsCheckpointError(f"no image size gives {num_tokens} tokens for {variant}")
