@@ -259,7 +259,7 @@ def test_report_on_the_real_sweep_is_logged_and_self_contained(real_report):
     assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page
     assert "Sweep report — e2e" in page and page.count('class="badge') == 5
     assert "have no SHP analysis" not in page  # every trial of the sweep was analysed
-    assert "Re-measured here one model at a time" in page
+    assert "Re-measured here, no other trial running" in page
     assert ("No committee run for this sweep yet" in page) != r["committee"]
     assert len(images(page)) == 4 + r["committee"]
 
