@@ -11,7 +11,8 @@ makes every figure reproducible.
 What the simulations carry from real sweeps, and where each effect size comes from:
 
 - SNR: the design of search_spaces/cifar100_conv_substitution.yaml: CCT-7 with 0..4 of
-  its blocks convolutional (7, 6, 5, 4, 3 attention blocks) x 3 seeds. log SNR = log 1.5 + seed shift + (trend + seed slope) x block + block noise, with
+  its blocks convolutional (7, 6, 5, 4, 3 attention blocks) x 3 seeds; the 3-block models
+  have fewer than MIN_SNR_BLOCKS and are left out, as in a real report, so 12 models count. log SNR = log 1.5 + seed shift + (trend + seed slope) x block + block noise, with
   a seed-wide shift (sd 0.3: the blocks of one seed are correlated), a per-seed slope (sd
   0.05 per block: seeds disagree on the trend even when there is none on average) and block
   noise (sd 0.35). Each block has no cluster at all (null SNR, dropped) with chance 0.1,
