@@ -266,3 +266,18 @@ def test_calibration_keeps_false_positives_at_the_level_and_power_at_0_8(capsys)
         assert int(n) == SWEEPS
         assert float(fp) <= 0.05 + mc, (claim, fp)
         assert float(power) >= 0.8, (claim, power)
+
+
+def test_latency_is_timed_in_rounds_the_models_taking_turns():
+    import torch
+
+    from analysis.report.latency import ROUNDS, time_rounds
+    from cct.models import create_model
+
+    small = dict(num_classes=10, img_size=8, embed_dim=16, tokenizer_layers=1, depth=1)
+    models = {name: create_model("cct_2_3x2_32", **small).eval() for name in ("a", "b")}
+    with torch.no_grad():
+        lat = time_rounds(models, runs=10)
+    for x in lat.values():
+        assert len(x.rounds) == ROUNDS >= 4 and x.source == "re-measured" and not x.shared
+        assert x.latency_ms == pytest.approx(float(np.median(x.rounds)))

@@ -259,11 +259,11 @@ def _latency_notes(
         )
     elif measured:
         notes.append(
-            f"Re-measured here, no other trial running: median batch-1 latency of "
-            f"{measured[0].runs} forwards after warm-up in {len(measured[0].rounds)} rounds, "
-            f"the models taking turns, on {measured[0].device}, {measured[0].precision}; the "
-            "conv-substitution test compares the rounds' medians. The in-sweep figure is "
-            "shown beside it."
+            f"Re-measured here, no other trial running: {measured[0].runs} batch-1 forwards "
+            f"after warm-up in {len(measured[0].rounds)} rounds, the models taking turns, on "
+            f"{measured[0].device}, {measured[0].precision}; latency = the median of the "
+            "rounds' medians, which the conv-substitution test compares. The in-sweep figure "
+            "is shown beside it."
         )
     missing += [f"{t.trial_id}: {lat[t.run_id].note}" for t in data.trials if lat[t.run_id].note]
     return notes, missing
