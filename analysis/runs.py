@@ -45,7 +45,7 @@ LOGITS_KEYS = (
     "test_labels",
     "split_hash",
 )
-SHP_DIR = "shp"
+SHP_DIR = "shp"  # the analysis on validation: the only one selection and the report read
 SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
 SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
 REPORT_DIR = "report"
@@ -56,6 +56,34 @@ SHP_BLOCK_METRICS = {
     "snr_labels": "shp_snr_labels",
     "snr_area": "shp_snr_area",
 }
+
+
+ARCH_KEYS = (
+    "variant",
+    "num_heads",
+    "head_dim",
+    "embed_dim",
+    "conv_blocks",
+    "depth",
+    "mlp_ratio",
+    "tokenizer_layers",
+    "tokenizer_kernel",
+    "pos_embedding",
+    "conv_block_norm",
+    "conv_block_act",
+)  # every architectural knob of a trial (cct/models/registry.py)
+
+
+def shp_dir(heldout: str) -> str:
+    """The artifact folder of an SHP analysis: `shp/` on validation; any other held-out
+    split gets its own folder (`shp_test/`), so test-derived label sets can never stand in
+    for the validation ones that committee selection reads."""
+    return SHP_DIR if heldout == "val" else f"{SHP_DIR}_{heldout}"
+
+
+def shp_metric(name: str, heldout: str) -> str:
+    """The per-block metric name of an analysis on `heldout` (shp_test_* off validation)."""
+    return name if heldout == "val" else name.replace("shp_", f"shp_{heldout}_", 1)
 
 
 class RunLookupError(Exception):
@@ -152,14 +180,21 @@ def find_trial_run(client: MlflowClient, experiment_id: str, sweep_run_id: str, 
 
 def latest_committee_run(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> Any:
     """The newest finished committee run of the sweep run, or None."""
+    runs = committee_runs(client, experiment_id, sweep_run_id)
+    return runs[-1] if runs else None
+
+
+def committee_runs(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> list:
+    """Every finished committee run of the sweep run, earliest first (the report judges
+    the earliest one made with the default rule: rerunning cannot change the verdict)."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.{ROLE} = '{COMMITTEE_ROLE}' and tags.{SWEEP_RUN_TAG} = "
         f"'{sweep_run_id}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        order_by=["attributes.start_time ASC"],
+        max_results=10_000,
     )
-    return runs[0] if runs else None
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 def eligible(run: Any, include_stopped: bool) -> bool:
@@ -184,10 +219,7 @@ def architecture(params: dict[str, str]) -> dict[str, Any]:
     if out.get("head_dim") is None and out.get("num_heads"):
         width = out.get("attn_dim") or out.get("embed_dim")
         out["head_dim"] = int(width) // int(out["num_heads"]) if width else None
-    return {
-        k: out.get(k)
-        for k in ("variant", "num_heads", "head_dim", "embed_dim", "conv_blocks", "depth")
-    }
+    return {k: out.get(k) for k in ARCH_KEYS}
 
 
 def _number(text: str) -> Any:

@@ -298,7 +298,7 @@ def _log_trial(client, exp_id, parent, i, cand, *, status="FINISHED", tags=None,
         )
         client.log_artifact(rid, str(folder / "logits.npz"), "logits")
     if cand.label_sets is not None:
-        summary = {"blocks": [{"block": 0, "kind": "conv", "unit": "filter", "label_sets": [[0]]},
+        summary = {"heldout": "val", "blocks": [{"block": 0, "kind": "conv", "unit": "filter", "label_sets": [[0]]},
                               {"block": 1, "kind": "transformer", "unit": "head",
                                "label_sets": [sorted(s) for s in cand.label_sets]}]}  # fmt: skip
         (folder / "summary.json").write_text(json.dumps(summary))

@@ -1,4 +1,4 @@
-"""`python -m analysis.report`: the verdict rules on hand-made data, the page on a hand-made
+"""`python -m analysis.report`: the page on a hand-made
 sweep, one-line errors for bad input, and (marked slow) the report on the shared real sweep
 of tests/conftest.py, opened in a real headless Chromium."""
 
@@ -17,125 +17,13 @@ import pytest
 from analysis.report.cli import build_page, main
 from analysis.report.collect import SweepData, Trial, collect
 from analysis.report.latency import finalists
-from analysis.report.verdicts import (
-    HELD,
-    NO_DATA,
-    NOT_HELD,
-    BlockSnr,
-    CommitteeFigures,
-    ConvModel,
-    HeadBlock,
-    ModelAccuracy,
-    committee_verdict,
-    conv_verdict,
-    equal_accuracy_verdict,
-    snr_verdict,
-    spearman,
-    specialisation_verdict,
-)
 from analysis.shp.summary import read_summary
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 # --------------------------------------------------------------------------------------
-# verdict rules on hand-made data
-
-
-def snr_curve(values, unit="head", first_block=0):
-    return [BlockSnr(first_block + i, unit, v, v, False) for i, v in enumerate(values)]
-
-
-def test_spearman():
-    assert spearman([0, 1, 2], [1.0, 2.0, 9.0]) == pytest.approx(1.0)
-    assert spearman([0, 1, 2], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
-    assert spearman([0, 1, 2], [1.0, float("inf"), 5.0]) == pytest.approx(0.5)
-
-
-def test_snr_rising_is_held_falling_is_not_and_too_few_blocks_is_not_enough_data():
-    rising = {"a": snr_curve([0.5, 1.0, 2.0]), "b": snr_curve([0.8, 0.9, 3.0, 4.0])}
-    assert snr_verdict(rising).status == HELD
-    falling = {"a": snr_curve([3.0, 2.0, 1.0]), "b": snr_curve([2.0, 1.5, 0.2])}
-    v = snr_verdict(falling)
-    assert v.status == NOT_HELD and "0 of 2 architectures rise, 2 fall" in v.reason
-    assert snr_verdict({"a": snr_curve([1.0, 2.0])}).status == NO_DATA
-    assert snr_verdict({}).status == NO_DATA
-    # only one of three rises: below the 2/3 share
-    mixed = {"a": snr_curve([1, 2, 3]), "b": snr_curve([3, 2, 1]), "c": snr_curve([1, 3, 1])}
-    assert snr_verdict(mixed).status == NOT_HELD
-
-
-def test_snr_noise_free_counts_as_highest_and_conv_blocks_are_left_out():
-    free_last = {"a": [*snr_curve([1.0, 2.0]), BlockSnr(2, "head", None, None, True)]}
-    assert snr_verdict(free_last).status == HELD
-    # a conv block first leaves two attention blocks: too few for a trend
-    conv_first = {"a": [BlockSnr(0, "filter", 0.1, 0.1), *snr_curve([1.0, 2.0], first_block=1)]}
-    assert snr_verdict(conv_first).status == NO_DATA
-    v = snr_verdict(free_last)
-    assert v.figure == "snr" and any("SNR definitions" in r for r in v.reconstructed)
-
-
-def head_block(trial, labels, noise_free=False, snr=3.0, clustered=4, units=4, k=10):
-    return HeadBlock(trial, 1, k, units, clustered, labels, 1.0, snr, noise_free)
-
-
-def test_specialisation_small_quiet_clusters_held_large_or_noisy_not_held():
-    assert specialisation_verdict([head_block("t1", 2.0), head_block("t2", 3.0)]).status == HELD
-    big = specialisation_verdict([head_block("t1", 7.0), head_block("t2", 8.0)])
-    assert big.status == NOT_HELD and "0 of 2 trials pass" in big.reason
-    noisy = [head_block("t1", 2.0, snr=0.5), head_block("t2", 2.0, snr=0.4)]
-    assert specialisation_verdict(noisy).status == NOT_HELD
-    silent = [head_block("t1", 2.0, clustered=1), head_block("t2", 2.0, clustered=0)]
-    assert specialisation_verdict(silent).status == NOT_HELD
-    free = [head_block("t1", 2.0, noise_free=True, snr=None)]
-    assert specialisation_verdict(free).status == HELD
-    assert specialisation_verdict([]).status == NO_DATA
-
-
-def test_equal_accuracy_needs_two_head_structures_within_tolerance():
-    models = [
-        ModelAccuracy("a", 2, 32, 0.950),
-        ModelAccuracy("b", 8, 8, 0.945),
-        ModelAccuracy("c", 16, 4, 0.900),
-    ]
-    # one binomial SE of 95 % on 1000 images is 0.69 points: b is in, c is out
-    v = equal_accuracy_verdict(models, n_val=1000)
-    assert v.status == HELD and "2 of 3 head structures" in v.reason
-    assert equal_accuracy_verdict(models, n_val=1000, tolerance=0.001).status == NOT_HELD
-    same = [ModelAccuracy("a", 4, 16, 0.95), ModelAccuracy("b", 4, 16, 0.95)]
-    assert equal_accuracy_verdict(same, n_val=1000).status == NO_DATA
-    assert equal_accuracy_verdict(models, n_val=None).status == NO_DATA
-
-
-def test_committee_beats_each_member():
-    assert committee_verdict(CommitteeFigures((0.95, 0.96), 0.97)).status == HELD
-    tie = committee_verdict(CommitteeFigures((0.95, 0.97), 0.97))
-    assert tie.status == NOT_HELD and "+0.00 points" in tie.reason
-    assert committee_verdict(None).status == NO_DATA
-    assert committee_verdict(CommitteeFigures((0.95,), 0.95)).status == NO_DATA
-
-
-def conv_model(trial, c, val, test, ms):
-    return ConvModel(trial, c, val, test, ms)
-
-
-def test_conv_blocks_faster_without_losing_accuracy():
-    ref = conv_model("t0", 0, 0.95, 0.95, 2.0)
-    held = conv_verdict([ref, conv_model("t1", 1, 0.95, 0.948, 1.5)], n_test=1000)
-    assert held.status == HELD and "25% faster" in held.reason
-    slower = conv_verdict([ref, conv_model("t1", 1, 0.96, 0.96, 1.95)], n_test=1000)
-    assert slower.status == NOT_HELD
-    worse = conv_verdict([ref, conv_model("t1", 1, 0.94, 0.90, 1.0)], n_test=1000)
-    assert worse.status == NOT_HELD
-    # the best of each conv_blocks value (by validation) is compared, not any
-    pick = conv_verdict(
-        [ref, conv_model("t1", 1, 0.90, 0.95, 1.0), conv_model("t2", 1, 0.96, 0.96, 2.5)], 1000
-    )
-    assert pick.status == NOT_HELD and "t2" in pick.details[0]
-    assert conv_verdict([ref], n_test=1000).status == NO_DATA
-    no_latency = conv_verdict([ref, conv_model("t1", 1, 0.95, 0.95, None)], n_test=1000)
-    assert no_latency.status == NO_DATA
-    assert any("conv replacement block" in r for r in held.reconstructed)
+# the verdict rules on hand-made data: tests/test_verdict_stats.py
 
 
 def test_pareto_front_of_accuracy_against_macs():
@@ -178,7 +66,7 @@ def hand_shp(num_heads: int, snrs: list[float], k: int = 10) -> dict:
                 "pairwise_jaccard_mean": 0.2,
             }
         )
-    return {"pooling": "mean", "num_classes": k, "blocks": blocks}
+    return {"pooling": "mean", "num_classes": k, "heldout": "val", "blocks": blocks}
 
 
 def hand_trial(run_id, heads, conv, val, *, test=None, macs=1e6, shp=None, seed=0) -> Trial:
@@ -371,7 +259,7 @@ def test_report_on_the_real_sweep_is_logged_and_self_contained(real_report):
     assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page
     assert "Sweep report — e2e" in page and page.count('class="badge') == 5
     assert "have no SHP analysis" not in page  # every trial of the sweep was analysed
-    assert "Re-measured here one model at a time" in page
+    assert "Re-measured here, no other trial running" in page
     assert ("No committee run for this sweep yet" in page) != r["committee"]
     assert len(images(page)) == 4 + r["committee"]
 

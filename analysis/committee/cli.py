@@ -39,6 +39,8 @@ from analysis.runs import (
 )
 from cct.cli import OneLineParser, fail
 
+DEFAULT_MAX_SIZE = 5
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument(
         "--max-size",
         type=int,
-        default=5,
+        default=DEFAULT_MAX_SIZE,
         help="up to K members, added while the validation accuracy rises (default 5)",
     )
     p.add_argument(
@@ -124,28 +126,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish(args, client, exp_id, sweep, candidates, report, diversity)
 
 
+def settings(args, diversity: Sequence[str]) -> dict[str, str]:
+    """How the members were chosen, as recorded on the committee run: the report judges
+    only the earliest run whose members the default rule chose on validation."""
+    if args.members:
+        selection, rule = "hand-picked", "members"
+    else:
+        selection = "rule"
+        rule = f"size={args.size}" if args.size else f"max_size={args.max_size}"
+    tolerance_rule = (
+        "hand-picked"
+        if args.members
+        else "one binomial SE of the best, at least one validation image"
+        if args.tolerance is None
+        else f"given: {args.tolerance:g} points"
+    )
+    default = (
+        not args.members
+        and args.size is None
+        and args.max_size == DEFAULT_MAX_SIZE
+        and args.tolerance is None
+        and list(diversity) == list(DIVERSITY_TERMS)
+        and args.combine == "probs"
+        and not args.include_stopped
+    )
+    return {
+        "selection": selection,
+        "rule": rule,
+        "tolerance_rule": tolerance_rule,
+        "default_settings": str(default).lower(),
+    }
+
+
 def _publish(args, client, exp_id, sweep, candidates, report: Report, diversity) -> int:
     """Print the table, write committee.json and the plot, log the committee run."""
     sweep_name = sweep.data.tags.get(SWEEP_TAG, args.experiment or "")
     sel = report.selection
-    rule = (
-        "members"
-        if args.members
-        else (f"size={args.size}" if args.size else f"max_size={args.max_size}")
-    )
+    chosen = settings(args, diversity)
+    rule = chosen["rule"]
     tol = "hand-picked" if args.members else f"{100 * sel.tolerance:.2f} points"
     header = (
         f"Committee of {len(report.members)} from sweep {sweep_name!r} (run {sweep.info.run_id}): "
         f"{len(candidates)} trials, {len(sel.pool)} within {tol} of the best validation "
-        f"accuracy {100 * sel.best_val:.2f}%; rule {rule}, diversity {','.join(diversity)}"
+        f"accuracy {100 * sel.best_val:.2f}%; rule {rule}, diversity {','.join(diversity)}, "
+        f"tolerance: {chosen['tolerance_rule']}"
     )
     print(format_table(report, header, args.combine))
 
     params = {
+        **chosen,
         "members": ",".join(m.run_id for m in report.members),
         "combine": args.combine,
         "diversity": ",".join(diversity),
-        "rule": rule,
         "tolerance": "hand-picked" if args.members else f"{sel.tolerance:.6g}",
         "include_stopped": str(args.include_stopped).lower(),
         "sweep_run_id": sweep.info.run_id,
@@ -173,7 +205,7 @@ def _publish(args, client, exp_id, sweep, candidates, report: Report, diversity)
             "committee_run_id": run_id,
             "combine": args.combine,
             "diversity_terms": diversity,
-            "rule": rule,
+            **chosen,
             "tolerance": None if args.members else sel.tolerance,
             "candidate_ids": [c.run_id for c in candidates],
         }

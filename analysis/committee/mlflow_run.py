@@ -91,11 +91,19 @@ def load_candidate(client: MlflowClient, run: Any, workdir: Path) -> Candidate:
 def _label_sets(
     client: MlflowClient, run_id: str, workdir: Path
 ) -> tuple[frozenset[int], ...] | None:
-    """Every analysed head's label set (all head blocks), or None without SHP output."""
+    """Every analysed head's label set (all head blocks), or None without SHP output. A
+    summary whose matrices did not come from the validation split is refused: its label
+    sets would carry test data into selection."""
     try:
         summary = read_summary(runs.download(client, run_id, runs.SHP_SUMMARY_ARTIFACT, workdir))
     except (MlflowException, OSError, ValueError):
         return None
+    if not summary.on_validation:
+        raise CommitteeError(
+            f"run {run_id}: {runs.SHP_SUMMARY_ARTIFACT} has held-out split "
+            f"{summary.heldout!r}, not 'val'; selection may read validation only: rerun "
+            f"python -m analysis.shp --run-id {run_id} (validation is its default)"
+        )
     sets = [frozenset(head) for block in summary.head_blocks for head in block.label_sets]
     return tuple(sets) or None
 

@@ -109,6 +109,7 @@ def committee_json(report: Report, context: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": report.test_accuracy,
         "gain_over_best": report.gain_over_best,
         "val_gain_over_best": report.val_gain_over_best,
+        "test_gain_over_each_member": [report.test_accuracy - t for t in report.member_test],
         "diversity": report.diversity,
         "candidates_within_tolerance": len(sel.pool),
         "val_accuracy_by_size": sel.curve,

@@ -6,7 +6,9 @@
     combine(logits, how)              the committee's output: mean softmax or mean logits
 
 Candidates are the models whose validation accuracy is within `tolerance` of the best (by
-default one binomial standard error, sqrt(p(1-p)/n_val), of the best model's accuracy).
+default one binomial standard error, sqrt(p(1-p)/n_val), of the best model's accuracy, and
+never less than one validation image, 1/n_val: at 100 % the standard error is 0 and the pool
+would shrink to exact ties).
 Greedy: start from the best, repeatedly add the candidate with the highest combined
 diversity score against the members chosen so far; stop at `size` members, or (with
 `max_size`) once adding the next one no longer raises the committee's validation accuracy.
@@ -128,8 +130,9 @@ def committee_accuracy(
 
 
 def default_tolerance(best_val: float, n_val: int) -> float:
-    """One binomial standard error of the best model's validation accuracy."""
-    return math.sqrt(best_val * (1.0 - best_val) / n_val)
+    """One binomial standard error of the best model's validation accuracy (SPEC 6), and at
+    least one validation image."""
+    return max(math.sqrt(best_val * (1.0 - best_val) / n_val), 1.0 / n_val)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ of SPEC section 1. Also logged as `report/report.html` on the sweep's parent run
 
     python -m analysis.report --experiment quickstart
     python -m analysis.report --sweep-run-id <id> --out sweep.html --no-remeasure
+    python -m analysis.report --calibrate     # the verdicts' false-positive rate and power
 
 The finalists (Pareto front of validation accuracy against MACs, and the best trial per
 conv_blocks) are re-measured one at a time from their checkpoints unless --no-remeasure.
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="the sweep's experiment name (its latest sweep run)")
     which.add_argument("--sweep-run-id", help="the sweep's parent run id")
+    which.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="simulate sweeps where each claim is false and where it is true, through the "
+        "verdict functions, and print each claim's false-positive rate and power",
+    )
     p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<cwd>/mlflow.db)")
     p.add_argument(
@@ -52,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.calibrate:
+        from analysis.report.calibrate import main as calibrate
+
+        return calibrate()
     if args.latency_runs < 1:
         fail(f"--latency-runs {args.latency_runs}: must be >= 1")
     if args.threads < 1:

@@ -3,17 +3,20 @@
     collect(client, experiment=..., sweep_run_id=..., workdir=...) -> SweepData
 
 The sweep's parent run (tag role=sweep: the given one, else the experiment's latest), its
-finished trial runs (tag role=trial) with their params, final metrics, tags and optional
-`shp/summary.json`, the split sizes from the best trial's logits, and the latest committee run
-of that sweep (tag role=committee, see analysis/runs.py) with its committee.json.
+finished trial runs (tag role=trial) with their params, final metrics, tags, per-image
+correctness from their logits and optional `shp/summary.json` (refused unless its matrices
+came from validation), the split sizes, and every committee run of that sweep (tag
+role=committee, see analysis/runs.py): the earliest made with the default settings is the
+one judged, with its members' test correctness on the same images.
 Everything the user can get wrong (unknown experiment or run, no finished trial) raises
 ReportError naming the value; a trial without analysis is kept, with `shp = None`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,10 @@ class Trial:
     seed: int | None
     metrics: dict[str, float]  # val_accuracy, test_accuracy, macs, params, latency_ms, ...
     tags: dict[str, str]
-    shp: ShpSummary | None  # shp/summary.json, None when the trial has no analysis
+    shp: ShpSummary | None  # shp/summary.json, None when the trial has no (usable) analysis
+    val_correct: np.ndarray | None = field(default=None, compare=False)  # (n_val,) bool
+    test_correct: np.ndarray | None = field(default=None, compare=False)  # (n_test,) bool
+    shp_refused: str | None = None  # why an existing shp/summary.json was not used
 
     @property
     def name(self) -> str:
@@ -52,7 +58,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class Committee:
-    """The latest committee run of the sweep (analysis.committee)."""
+    """One committee run of the sweep (analysis.committee)."""
 
     run_id: str
     members: list[dict[str, Any]]  # run_id, architecture, val_accuracy, test_accuracy, ...
@@ -62,6 +68,15 @@ class Committee:
     val_accuracy_by_size: list[float]
     tolerance: float | None
     combine: str
+    selection: str = "rule"  # "rule" | "hand-picked" | "unknown" (not recorded)
+    rule: str = ""
+    tolerance_rule: str = ""
+    default_settings: bool = False
+    judged: bool = False  # the earliest default run: the one the verdict uses
+    start_time: int = 0
+    val_gain_over_best: float | None = None
+    member_test_correct: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
+    test_correct: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,8 @@ class SweepData:
     not_finished: dict[str, int]  # status -> count of trial runs left out
     n_val: int | None
     n_test: int | None
-    committee: Committee | None
+    committee: Committee | None  # the one the verdict reads (see committee_runs)
+    committee_runs: tuple[Committee, ...] = ()  # every committee run, earliest first
 
     @property
     def best(self) -> Trial:
@@ -82,11 +98,21 @@ class SweepData:
 
 
 def arch_label(arch: dict[str, Any]) -> str:
-    """e.g. "4h×16 d64 c1": heads × head width, embedding size, conv blocks."""
-    return (
-        f"{arch.get('num_heads')}h×{arch.get('head_dim')} d{arch.get('embed_dim')} "
-        f"c{arch.get('conv_blocks')}"
+    """Every architectural knob, e.g. "cct_2_3x2_32 4h×16 d64 L2 c1 mlp2 tok1x3 pe:learnable":
+    variant, heads × head width, embedding size, depth, conv blocks, MLP ratio, tokenizer
+    layers × kernel, positional embedding, and the conv blocks' norm/activation if any."""
+    g = arch.get
+    label = (
+        f"{g('variant')} {g('num_heads')}h×{g('head_dim')} d{g('embed_dim')} L{g('depth')} "
+        f"c{g('conv_blocks')} mlp{g('mlp_ratio'):g} tok{g('tokenizer_layers')}x"
+        f"{g('tokenizer_kernel')} pe:{g('pos_embedding')}"
+        if isinstance(g("mlp_ratio"), (int, float))
+        else f"{g('variant')} {g('num_heads')}h×{g('head_dim')} d{g('embed_dim')} "
+        f"L{g('depth')} c{g('conv_blocks')}"
     )
+    if g("conv_blocks"):
+        label += f" {g('conv_block_norm')}/{g('conv_block_act')}"
+    return label
 
 
 def collect(
@@ -116,7 +142,13 @@ def collect(
             not_finished[r.info.status] = not_finished.get(r.info.status, 0) + 1
     trials = [_trial(client, r, workdir) for r in finished]
     trials.sort(key=lambda t: (-(t.metric("val_accuracy") or -1.0), t.run_id))
-    n_val, n_test = _split_sizes(client, trials[0].run_id, workdir)
+    best = trials[0]
+    n_val, n_test = (
+        (len(best.val_correct), len(best.test_correct))
+        if best.val_correct is not None and best.test_correct is not None
+        else (None, None)
+    )
+    committees = _committees(client, exp_id, sweep.info.run_id, workdir)
     return SweepData(
         experiment=client.get_experiment(exp_id).name,
         experiment_id=exp_id,
@@ -126,12 +158,15 @@ def collect(
         not_finished=not_finished,
         n_val=n_val,
         n_test=n_test,
-        committee=_committee(client, exp_id, sweep.info.run_id, workdir),
+        committee=next((c for c in committees if c.judged), None),
+        committee_runs=committees,
     )
 
 
 def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
     seed = run.data.params.get("seed")
+    shp, refused = _shp_summary(client, run.info.run_id, workdir)
+    val_correct, test_correct = _correctness(client, run.info.run_id, workdir)
     return Trial(
         run_id=run.info.run_id,
         trial_id=run.data.tags.get(runs.TRIAL_ID_TAG, run.info.run_id[:8]),
@@ -139,7 +174,10 @@ def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
         seed=int(seed) if seed not in (None, "None", "") else None,
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
-        shp=_shp_summary(client, run.info.run_id, workdir),
+        shp=shp,
+        val_correct=val_correct,
+        test_correct=test_correct,
+        shp_refused=refused,
     )
 
 
@@ -150,34 +188,74 @@ def _json_artifact(client: MlflowClient, run_id: str, path: str, workdir: Path) 
         return None
 
 
-def _shp_summary(client: MlflowClient, run_id: str, workdir: Path) -> ShpSummary | None:
+def _shp_summary(
+    client: MlflowClient, run_id: str, workdir: Path
+) -> tuple[ShpSummary | None, str | None]:
+    """(summary, None), or (None, why it was refused); (None, None) without one."""
     doc = _json_artifact(client, run_id, runs.SHP_SUMMARY_ARTIFACT, workdir)
+    if doc is None:
+        return None, None
     try:
-        return None if doc is None else read_summary(doc)
-    except ValueError:
-        return None
+        summary = read_summary(doc)
+    except ValueError as e:
+        return None, str(e)
+    if not summary.on_validation:
+        return None, (
+            f"{runs.SHP_SUMMARY_ARTIFACT} has held-out split {summary.heldout!r}, not 'val': "
+            "refused (rerun python -m analysis.shp --run-id <run id> on validation)"
+        )
+    return summary, None
 
 
-def _split_sizes(client: MlflowClient, run_id: str, workdir: Path) -> tuple[int | None, ...]:
-    """(validation, test) sample counts from a trial's logits; None when it has none."""
+def _logits(client: MlflowClient, run_id: str, workdir: Path) -> dict[str, np.ndarray] | None:
     try:
         local = runs.download(client, run_id, runs.LOGITS_ARTIFACT, workdir)
         with np.load(local, allow_pickle=False) as z:
-            return len(z["val_labels"]), len(z["test_labels"])
+            return {k: z[k] for k in runs.LOGITS_KEYS}
     except (MlflowException, OSError, KeyError, ValueError):
-        return None, None
-
-
-def _committee(
-    client: MlflowClient, exp_id: str, sweep_run_id: str, workdir: Path
-) -> Committee | None:
-    run = runs.latest_committee_run(client, exp_id, sweep_run_id)
-    if run is None:
         return None
+
+
+def _correctness(
+    client: MlflowClient, run_id: str, workdir: Path
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-image correctness on validation and test (samples in the logged fixed order)."""
+    z = _logits(client, run_id, workdir)
+    if z is None:
+        return None, None
+    return (
+        np.argmax(z["val_logits"], axis=1) == z["val_labels"],
+        np.argmax(z["test_logits"], axis=1) == z["test_labels"],
+    )
+
+
+def _committees(
+    client: MlflowClient, exp_id: str, sweep_run_id: str, workdir: Path
+) -> tuple[Committee, ...]:
+    """Every finished committee run with a committee.json, earliest first; the earliest
+    made with the default settings is marked `judged` and carries the members' and the
+    committee's test correctness (same images, the members' logged logits)."""
+    out, judged = [], False
+    for run in runs.committee_runs(client, exp_id, sweep_run_id):
+        c = _committee(client, run, workdir)
+        if c is None:
+            continue
+        if c.default_settings and not judged:
+            judged = True
+            c = _with_correctness(client, dataclasses.replace(c, judged=True), workdir)
+        out.append(c)
+    return tuple(out)
+
+
+def _committee(client: MlflowClient, run: Any, workdir: Path) -> Committee | None:
     run_id = run.info.run_id
     doc = _json_artifact(client, run_id, runs.COMMITTEE_JSON, workdir)
     if not doc or not doc.get("members"):
         return None
+    params = run.data.params
+    selection = params.get("selection") or (
+        "hand-picked" if params.get("rule") == "members" else "unknown"
+    )
     return Committee(
         run_id=run_id,
         members=list(doc["members"]),
@@ -187,4 +265,31 @@ def _committee(
         val_accuracy_by_size=[float(x) for x in doc.get("val_accuracy_by_size", [])],
         tolerance=doc.get("tolerance"),
         combine=str(doc.get("combine", "probs")),
+        selection=selection,
+        rule=params.get("rule", ""),
+        tolerance_rule=params.get("tolerance_rule", "not recorded"),
+        default_settings=params.get("default_settings") == "true",
+        start_time=int(run.info.start_time or 0),
+        val_gain_over_best=doc.get("val_gain_over_best"),
+    )
+
+
+def _with_correctness(client: MlflowClient, c: Committee, workdir: Path) -> Committee:
+    """The members' test correctness and the committee's own, from the members' logits
+    combined as the committee run did; unchanged when a member's logits are missing."""
+    from analysis.committee.select import combine
+
+    logits = [_logits(client, m["run_id"], workdir) for m in c.members]
+    if any(z is None for z in logits):
+        return c
+    labels = logits[0]["test_labels"]
+    if any(not np.array_equal(z["test_ids"], logits[0]["test_ids"]) for z in logits):
+        return c
+    scores = combine(
+        [z["test_logits"] for z in logits], "logits" if c.combine == "logits" else "probs"
+    )
+    return dataclasses.replace(
+        c,
+        member_test_correct=tuple(np.argmax(z["test_logits"], 1) == labels for z in logits),
+        test_correct=np.argmax(scores, 1) == labels,
     )

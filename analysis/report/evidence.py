@@ -1,6 +1,7 @@
-"""The collected sweep (report_data) reshaped into what the pictures and the verdicts take:
-metric values per group of trials, per-architecture block curves (seeds averaged), each
-trial's last attention block, and the five verdicts of SPEC section 1 (report_verdicts)."""
+"""The collected sweep (collect.py) reshaped into what the pictures and the verdicts take:
+metric values per group of trials, per-architecture block curves (seeds averaged, for the
+pictures), per-model SNR series (seeds kept apart, for the trend test), each trial's last
+attention block, and the five verdicts of SPEC section 1 (verdicts.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from analysis.report.verdicts import (
     ConvModel,
     HeadBlock,
     ModelAccuracy,
+    SnrSeries,
     Verdict,
     committee_verdict,
     conv_verdict,
@@ -80,37 +82,73 @@ def _mean_block(block: int, entries: list[BlockSummary]) -> BlockPoint:
 # verdicts
 
 
+def snr_series_of(trials: Sequence[Trial]) -> list[SnrSeries]:
+    """Every analysed trial's blocks, one series per trained model (seeds not averaged)."""
+    return [
+        SnrSeries(
+            model=t.trial_id,
+            arch=t.name,
+            seed=t.seed,
+            blocks=tuple(
+                BlockSnr(
+                    b.block,
+                    b.unit,
+                    b.snr_labels,
+                    b.snr_area,
+                    b.noise_free,
+                    b.num_units,
+                    b.units_with_cluster,
+                )
+                for b in t.shp.blocks
+            ),
+        )
+        for t in trials
+        if t.shp is not None and t.shp.blocks
+    ]
+
+
+def committee_figures(data: SweepData) -> CommitteeFigures | None:
+    """The committee run the verdict judges: the earliest made with the default settings;
+    without one, the earliest run (judged "not judged" when its members were hand-picked)."""
+    c = data.committee or (data.committee_runs[0] if data.committee_runs else None)
+    if c is None:
+        return None
+    names = tuple(str(m.get("trial_id") or m["run_id"][:8]) for m in c.members)
+    by_hand = c.selection != "rule" or not c.default_settings
+    return CommitteeFigures(
+        run_id=c.run_id,
+        rule=(
+            "members chosen by hand (--members)"
+            if c.selection == "hand-picked"
+            else f"selection settings not recorded on the run ({c.rule or 'unknown rule'})"
+            if c.selection == "unknown"
+            else f"not the default settings: {c.rule}, tolerance {c.tolerance_rule}"
+        )
+        if by_hand
+        else f"{c.rule}, tolerance {c.tolerance_rule}",
+        chosen_by_rule=not by_hand,
+        members=names,
+        member_val=tuple(float(m["val_accuracy"]) for m in c.members),
+        member_test_correct=c.member_test_correct,
+        committee_test_correct=c.test_correct,
+    )
+
+
 def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
     """The five claims of SPEC section 1, in its order."""
-    curves = block_curves(data.trials)
-    units = {
-        arch: [
-            BlockSnr(
-                p.block,
-                "filter" if p.kind == "conv" else "head",
-                p.snr_labels,
-                p.snr_area,
-                p.noise_free,
-            )
-            for p in pts
-        ]
-        for arch, pts in curves.items()
-    }
     seqpool = any(t.shp is not None and t.shp.pooling == "seqpool" for t in data.trials)
     heads = [hb for t in data.trials if (hb := last_head_block(t)) is not None]
     models = [
         ModelAccuracy(
-            t.trial_id, t.arch.get("num_heads"), t.arch.get("head_dim"), t.metric("val_accuracy")
+            t.trial_id,
+            t.arch.get("num_heads"),
+            t.arch.get("head_dim"),
+            t.metric("val_accuracy"),
+            t.val_correct,
         )
         for t in data.trials
         if t.metric("val_accuracy") is not None
     ]
-    c = data.committee
-    committee = (
-        None
-        if c is None
-        else CommitteeFigures(tuple(m["test_accuracy"] for m in c.members), c.test_accuracy)
-    )
     conv = [
         ConvModel(
             trial=t.trial_id,
@@ -119,15 +157,17 @@ def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
             test_accuracy=t.metric("test_accuracy"),
             latency_ms=lat[t.run_id].latency_ms,
             latency_source=lat[t.run_id].source,
+            latency_rounds=lat[t.run_id].rounds,
+            test_correct=t.test_correct,
         )
         for t in data.trials
         if t.metric("val_accuracy") is not None
     ]
     return [
-        snr_verdict(units, seqpool=seqpool),
+        snr_verdict(snr_series_of(data.trials), seqpool=seqpool),
         specialisation_verdict(heads),
         equal_accuracy_verdict(models, data.n_val),
-        committee_verdict(committee),
+        committee_verdict(committee_figures(data)),
         conv_verdict(conv, data.n_test),
     ]
 
@@ -141,10 +181,6 @@ def last_head_block(t: Trial) -> HeadBlock | None:
         trial=t.trial_id,
         block=b.block,
         num_classes=t.shp.label_count(b),
-        num_units=b.num_units,
-        units_with_cluster=b.units_with_cluster,
-        mean_labels_in_clusters=b.mean_labels_in_clusters,
-        mean_noise=b.mean_noise,
-        snr_labels=b.snr_labels,
-        noise_free=b.noise_free,
+        label_sets=b.label_sets,
+        unit_noise=b.unit_noise,
     )

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 
 from analysis.report.verdicts import Verdict
 
-BADGE = {"held": "held", "not held": "not-held", "not enough data": "no-data"}
+BADGE = {
+    "held": "held",
+    "not held": "not-held",
+    "not enough data": "no-data",
+    "not judged": "no-data",
+}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """Latency for the report: the in-sweep figure is noisy when trials shared the device (SPEC 5),
 so the finalists are re-measured here one at a time from their checkpoints with cct.measure.
 
+Each finalist is timed in ROUNDS rounds, the models taking turns round by round (a drift of
+the machine's load then hits every model alike); the median of each round is what the
+conv-substitution test compares, so its spread is the run-to-run spread.
+
 Finalists: the Pareto front of validation accuracy (max) against MACs (min), best accuracy
 first, capped at MAX_FINALISTS; plus, for the conv-substitution claim, the best trial (by
 validation accuracy) of each conv_blocks value. `--no-remeasure` keeps the logged figures.
@@ -17,6 +21,7 @@ from analysis.pareto import pareto_front
 from analysis.report.collect import Trial
 
 MAX_FINALISTS = 4
+ROUNDS = 5  # timing rounds per finalist (the conv test needs >= 4: verdicts.MIN_LATENCY_ROUNDS)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Latency:
     runs: int | None = None
     shared: bool | None = None  # in-sweep figure taken while trials shared the device
     note: str = ""
+    rounds: tuple[float, ...] = ()  # re-measured: median ms of each timing round
 
 
 def finalists(trials: Sequence[Trial], cap: int = MAX_FINALISTS) -> list[str]:
@@ -62,49 +68,70 @@ def logged(t: Trial, note: str = "") -> Latency:
     )
 
 
-def remeasure(
-    run_id: str,
-    fetch: Callable[[str, Path], Path],
-    *,
-    runs: int,
-    device: str = "cpu",
-    threads: int = 1,
-) -> Latency:
-    """Load the run's checkpoint (fetch(run_id, dst) -> folder) and time it alone: median
-    batch-1 latency over `runs` forwards after warm-up, throughput at batch 64 (the batch the
-    in-sweep figure used), fp32. On the CPU with `threads` threads (the sweep's workers run
-    one each; more threads make batch-1 timings of small models noisier, not faster)."""
+def load_finalist(run_id: str, fetch: Callable[[str, Path], Path], device: str):
+    """The run's model from its checkpoint (fetch(run_id, dst) -> folder), on `device`."""
     import torch
 
     from cct.checkpoint import load_model
-    from cct.measure import measure_speed
 
     with tempfile.TemporaryDirectory(prefix="cct-report-ckpt-") as tmp:
         folder = fetch(run_id, Path(tmp))
         model, _ = load_model(folder, map_location=device)
-    s = model.settings
+    return model.to(torch.device(device))
+
+
+def time_rounds(
+    models: dict[str, object],
+    *,
+    runs: int,
+    rounds: int = ROUNDS,
+    device: str = "cpu",
+    threads: int = 1,
+) -> dict[str, Latency]:
+    """Batch-1 latency of each model in `rounds` rounds of runs // rounds forwards (after
+    warm-up), the models taking turns; throughput at batch 64 (the in-sweep figure's batch),
+    fp32. On the CPU with `threads` threads (the sweep's workers run one each; more make
+    batch-1 timings of small models noisier, not faster)."""
+    import statistics
+
+    import torch
+
+    from cct.measure import device_name, time_forward
+
     before = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(threads)
+    per_round = max(5, runs // rounds)
+    times: dict[str, list[list[float]]] = {k: [] for k in models}
     try:
-        speed = measure_speed(
-            model.to(torch.device(device)),
-            (s.in_channels, s.img_size, s.img_size),
-            batch_size=64,
-            runs=runs,
-        )
+        for _ in range(rounds):
+            for run_id, model in models.items():
+                s = model.settings
+                shape = (s.in_channels, s.img_size, s.img_size)
+                times[run_id].append(
+                    time_forward(model, shape, batch_size=1, runs=per_round, warmup=3)
+                )
+        out = {}
+        for run_id, model in models.items():
+            s = model.settings
+            shape = (s.in_channels, s.img_size, s.img_size)
+            batch = time_forward(model, shape, batch_size=64, runs=max(5, runs // 10), warmup=2)
+            flat = [t for r in times[run_id] for t in r]
+            rounds_ms = tuple(1e3 * statistics.median(r) for r in times[run_id])
+            out[run_id] = Latency(
+                run_id=run_id,
+                latency_ms=statistics.median(rounds_ms),  # what the conv test compares
+                throughput=64 / statistics.median(batch),
+                source="re-measured",
+                device=device_name(next(model.parameters()).device),
+                precision="fp32",
+                runs=len(flat),
+                shared=False,
+                rounds=rounds_ms,
+            )
+        return out
     finally:
         torch.set_num_threads(before)
-    return Latency(
-        run_id=run_id,
-        latency_ms=speed.latency_ms,
-        throughput=speed.throughput,
-        source="re-measured",
-        device=speed.device,
-        precision=speed.precision,
-        runs=speed.runs,
-        shared=False,
-    )
 
 
 def latencies(
@@ -123,9 +150,12 @@ def latencies(
     if fetch is None:
         return out
     by_id = {t.run_id: t for t in trials}
+    models = {}
     for run_id in dict.fromkeys([*finalists(trials), *best_per_conv_blocks(trials)]):
         try:
-            out[run_id] = remeasure(run_id, fetch, runs=runs, device=device, threads=threads)
+            models[run_id] = load_finalist(run_id, fetch, device)
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # no/odd checkpoint
             out[run_id] = logged(by_id[run_id], note=f"not re-measured: {type(e).__name__}: {e}")
+    if models:
+        out.update(time_rounds(models, runs=runs, device=device, threads=threads))
     return out

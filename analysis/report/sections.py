@@ -12,12 +12,15 @@ from analysis.report.collect import SweepData, Trial, arch_label
 from analysis.report.evidence import block_curves, by_arch, head_blocks, last_head_block, values
 from analysis.report.html import Section, Table
 from analysis.report.latency import Latency, finalists
+from analysis.report.stats import wilson
 from analysis.report.verdicts import (
     CONV_RULE,
+    MIN_HEAD_SNR,
     SEQPOOL_RULE,
     SNR_RULE,
     Verdict,
-    head_block_passes,
+    head_counts,
+    small_cluster_max,
 )
 
 KNOBS = ("num_heads", "embed_dim", "conv_blocks")
@@ -39,16 +42,28 @@ def mean_sd(xs: Sequence[float]) -> str:
     return f"{pct(statistics.fmean(xs))} ± {100 * statistics.pstdev(xs):.2f}"
 
 
+def pct_ci(acc: float | None, n: int | None) -> str:
+    """An accuracy with its 95 % Wilson interval, e.g. "97.22 [94.1, 98.7]"."""
+    if acc is None:
+        return "-"
+    if not n:
+        return pct(acc)
+    lo, hi = wilson(round(acc * n), n)
+    return f"{pct(acc)} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def missing_shp(trials: Sequence[Trial]) -> list[str]:
-    """One message naming the trials without analysis, or none."""
+    """Messages naming the trials without analysis and those whose analysis was refused."""
+    out = [f"{t.trial_id} (run {t.run_id[:8]}): {t.shp_refused}" for t in trials if t.shp_refused]
     lacking = [t for t in trials if not (t.shp and t.shp.blocks)]
     if not lacking:
-        return []
+        return out
     names = ", ".join(f"{t.trial_id} (run {t.run_id[:8]})" for t in lacking)
     return [
         f"{len(lacking)} of {len(trials)} trials have no SHP analysis (no shp/summary.json "
-        f"with analysed blocks): {names}. They are left out here; run "
-        "`python -m analysis.shp --run-id <run id>` to add it."
+        f"with analysed blocks on validation): {names}. They are left out here; run "
+        "`python -m analysis.shp --run-id <run id>` to add it.",
+        *out,
     ]
 
 
@@ -66,7 +81,13 @@ def accuracy_section(data: SweepData) -> Section:
             for v, g in zip(settings, groups)
         ]
     rows = [
-        [arch, str(len(g)), mean_sd(values(g, "val_accuracy")), mean_sd(values(g, "test_accuracy"))]
+        [
+            arch,
+            str(len(g)),
+            mean_sd(values(g, "val_accuracy")),
+            pct_ci(g[0].metric("val_accuracy"), data.n_val),
+            mean_sd(values(g, "test_accuracy")),
+        ]
         for arch, g in by_arch(data.trials).items()
     ]
     return Section(
@@ -79,9 +100,11 @@ def accuracy_section(data: SweepData) -> Section:
         image_alt="accuracy against num_heads, embed_dim and conv_blocks",
         tables=[
             Table(
-                ["architecture", "trials", "val % (mean ± sd)", "test %"],
+                ["architecture", "trials", "val % (mean ± sd)", "best val % [95 %]", "test %"],
                 rows,
-                "per architecture: 4h×16 d64 c1 = 4 heads of width 16, embedding 64, 1 conv block",
+                "per architecture: 4h×16 d64 L2 c1 = 4 heads of width 16, embedding 64, depth "
+                "2, 1 conv block; intervals: Wilson, 95 %",
+                wide=True,
             )
         ],
     )
@@ -188,32 +211,37 @@ def heads_section(data: SweepData) -> Section:
 
 def _last_head_block_table(analysed: Sequence[Trial]) -> Table:
     """Every analysed trial's last attention block: what the specialisation verdict counts."""
+    rows = []
+    for x in analysed:
+        h = last_head_block(x)
+        if h is None:
+            continue
+        ok, n = head_counts(h)
+        sizes = [len(s) for s in h.label_sets]
+        rows.append(
+            [
+                h.trial,
+                x.name,
+                str(h.block),
+                f"{ok}/{n}",
+                f"{min(sizes, default=0)}–{max(sizes, default=0)}",
+                str(small_cluster_max(h.num_classes)),
+                " ".join(map(str, h.unit_noise)) or "-",
+            ]
+        )
     return Table(
         [
             "trial",
             "architecture",
             "block",
-            "heads clustered",
-            "labels/clustered head",
-            "noise/clustered head",
-            "SNR labels",
-            "passes",
+            "heads passing",
+            "labels per head",
+            "small: at most",
+            "noise per head",
         ],
-        [
-            [
-                h.trial,
-                x.name,
-                str(h.block),
-                f"{h.units_with_cluster}/{h.num_units}",
-                num(h.mean_labels_in_clusters),
-                num(h.mean_noise),
-                "∞ (noise-free)" if h.noise_free else num(h.snr_labels),
-                "yes" if head_block_passes(h)[0] else "no",
-            ]
-            for x in analysed
-            if (h := last_head_block(x)) is not None
-        ],
-        "every trial, last attention block (what the verdict counts)",
+        rows,
+        f"every trial, last attention block (what the verdict counts: a head passes with 1 "
+        f"to the 'small' number of labels and noise <= labels / {MIN_HEAD_SNR:g})",
         wide=True,
     )
 
@@ -231,9 +259,11 @@ def _latency_notes(
         )
     elif measured:
         notes.append(
-            f"Re-measured here one model at a time: median batch-1 latency of "
-            f"{measured[0].runs} forwards after warm-up on {measured[0].device}, "
-            f"{measured[0].precision}. The in-sweep figure is shown beside it."
+            f"Re-measured here, no other trial running: {measured[0].runs} batch-1 forwards "
+            f"after warm-up in {len(measured[0].rounds)} rounds, the models taking turns, on "
+            f"{measured[0].device}, {measured[0].precision}; latency = the median of the "
+            "rounds' medians, which the conv-substitution test compares. The in-sweep figure "
+            "is shown beside it."
         )
     missing += [f"{t.trial_id}: {lat[t.run_id].note}" for t in data.trials if lat[t.run_id].note]
     return notes, missing
@@ -323,40 +353,71 @@ def _count(x: float | None) -> str:
 
 
 def committee_section(data: SweepData) -> Section:
-    c = data.committee
+    from analysis.report.evidence import committee_figures
+
     common = dict(id="committee", title="Soft committee")
-    if c is None:
+    if not data.committee_runs:
         hint = f"python -m analysis.committee --sweep-run-id {data.sweep_run_id}"
         return Section(
             **common,
             missing=[f"No committee run for this sweep yet: run `{hint}`, then this report again."],
         )
+    c = data.committee or data.committee_runs[0]
     labels = [arch_label(m.get("architecture") or {}) for m in c.members]
-    rows = [
-        [
-            f"{i + 1}. {lab}",
-            str(m.get("trial_id") or m["run_id"][:8]),
-            pct(m["val_accuracy"]),
-            pct(m["test_accuracy"]),
-        ]
-        for i, (lab, m) in enumerate(zip(labels, c.members))
-    ]
+    member_correct = c.member_test_correct or (None,) * len(c.members)
+    rows = []
+    for i, (lab, m, mc) in enumerate(zip(labels, c.members, member_correct)):
+        gain = "-"
+        if mc is not None and c.test_correct is not None:
+            from analysis.report.stats import paired_difference
+
+            d = paired_difference(c.test_correct, mc)
+            lo, hi = d.interval()
+            gain = f"{100 * d.diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        rows.append(
+            [
+                f"{i + 1}. {lab}",
+                str(m.get("trial_id") or m["run_id"][:8]),
+                pct_ci(m["val_accuracy"], data.n_val),
+                pct_ci(m["test_accuracy"], data.n_test),
+                gain,
+            ]
+        )
+    combine = "softmax" if c.combine == "probs" else "logits"
     rows.append(
         [
-            f"committee (mean {'softmax' if c.combine == 'probs' else 'logits'})",
+            f"committee (mean {combine})",
             "",
-            pct(c.val_accuracy),
-            pct(c.test_accuracy),
+            pct_ci(c.val_accuracy, data.n_val),
+            pct_ci(c.test_accuracy, data.n_test),
+            "",
         ]
     )
-    rows.append(["gain over best member", "", "", f"{100 * c.gain_over_best:+.2f}"])
+    val_gain = "-" if c.val_gain_over_best is None else f"{100 * c.val_gain_over_best:+.2f}"
+    rows.append(
+        [
+            "gain over member 1 (best on validation)",
+            "",
+            val_gain,
+            f"{100 * c.gain_over_best:+.2f}",
+            "",
+        ]
+    )
+    fig = committee_figures(data)
+    status = (
+        "judged by the verdict"
+        if c.judged
+        else f"not judged: {fig.rule}"
+        if fig is not None and not fig.chosen_by_rule
+        else "not judged"
+    )
     tol = "-" if c.tolerance is None else f"{100 * c.tolerance:.2f} points"
     return Section(
         **common,
-        caption=f"Committee run {c.run_id[:8]}: members chosen on validation (tolerance {tol} "
-        "of the best, greedy on diversity), then measured once on test. Left: committee "
-        "validation accuracy as members were added, and the final committee on test. "
-        "Right: each member and the committee on both splits.",
+        caption=f"Committee run {c.run_id[:8]} ({status}): selection {c.selection}, rule "
+        f"{c.rule or '?'}, tolerance {tol} ({c.tolerance_rule}), then measured once on test. "
+        "Left: committee validation accuracy as members were added, and the final committee "
+        "on test. Right: each member and the committee on both splits.",
         image=figs.committee_figure(
             c.val_accuracy_by_size or [c.val_accuracy],
             c.test_accuracy,
@@ -366,11 +427,48 @@ def committee_section(data: SweepData) -> Section:
             c.val_accuracy,
         ),
         image_alt="committee accuracy against size and per member",
-        tables=[Table(["member", "trial", "val %", "test %"], rows)],
-        notes=[
-            "Gain is measured against the member with the best validation accuracy "
-            "(choosing the best member by test would peek)."
+        tables=[
+            Table(
+                [
+                    "member",
+                    "trial",
+                    "val % [95 %]",
+                    "test % [95 %]",
+                    "committee gain on test [95 %]",
+                ],
+                rows,
+                wide=True,
+            ),
+            _committee_runs_table(data),
         ],
+        notes=[
+            "Both gains: over member 1, the member with the best validation accuracy (choosing "
+            "the best member by test would peek), and over every member on the same test "
+            "images (paired; Wald 95 % intervals). The verdict reads the earliest committee run "
+            "made with the default settings: rerunning until test looks good cannot change it."
+        ],
+    )
+
+
+def _committee_runs_table(data: SweepData) -> Table:
+    rows = [
+        [
+            c.run_id[:8],
+            str(len(c.members)),
+            c.selection,
+            c.rule or "?",
+            c.tolerance_rule,
+            pct(c.test_accuracy),
+            f"{100 * c.gain_over_best:+.2f}",
+            "judged" if c.judged else "listed",
+        ]
+        for c in data.committee_runs
+    ]
+    return Table(
+        ["run", "members", "selection", "rule", "tolerance", "test %", "gain", "verdict"],
+        rows,
+        "every committee run of this sweep, earliest first",
+        wide=True,
     )
 
 
@@ -381,8 +479,8 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
             t.run_id[:8],
             t.name,
             "-" if t.seed is None else str(t.seed),
-            pct(t.metric("val_accuracy")),
-            pct(t.metric("test_accuracy")),
+            pct_ci(t.metric("val_accuracy"), data.n_val),
+            pct_ci(t.metric("test_accuracy"), data.n_test),
             _count(t.metric("macs")),
             _count(t.metric("params")),
             num(t.metric("latency_ms"), 3),
@@ -403,8 +501,8 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
                     "run",
                     "architecture",
                     "seed",
-                    "val %",
-                    "test %",
+                    "val % [95 %]",
+                    "test % [95 %]",
                     "MACs",
                     "params",
                     "in-sweep ms",
@@ -421,7 +519,16 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
 def methods_section(verdict_list: Sequence[Verdict]) -> Section:
     from analysis.report.verdicts import THRESHOLDS
 
-    rows = [[v.claim, v.rule, "; ".join(v.reconstructed) or "-"] for v in verdict_list]
+    rows = [
+        [
+            v.claim,
+            v.status,
+            "-" if v.p_value is None else f"{v.p_value:.3g}",
+            v.rule,
+            "; ".join(v.reconstructed) or "-",
+        ]
+        for v in verdict_list
+    ]
     details = [
         Table(
             ["claim", "evidence per architecture / trial"],
@@ -432,9 +539,15 @@ def methods_section(verdict_list: Sequence[Verdict]) -> Section:
     return Section(
         id="methods",
         title="How the verdicts are reached",
-        caption="Thresholds are this report's own (analysis/report/verdicts.py: "
+        caption='Each verdict is a stated test at a stated level; "held" needs p below it. '
+        "Thresholds are this report's own (analysis/report/verdicts.py, argued there and in "
+        "the README: "
         + ", ".join(f"{k}={v}" for k, v in THRESHOLDS.items())
-        + "). Rules marked [reconstructed] in SPEC could not be read from the papers: "
+        + "). The tests' false-positive rate and power: python -m analysis.report --calibrate. "
+        "Rules marked [reconstructed] in SPEC could not be read from the papers: "
         f"{SNR_RULE}; {CONV_RULE}; {SEQPOOL_RULE}.",
-        tables=[Table(["claim", "rule", "relies on [reconstructed]"], rows, wrap=True), *details],
+        tables=[
+            Table(["claim", "verdict", "p", "test", "relies on [reconstructed]"], rows, wrap=True),
+            *details,
+        ],
     )

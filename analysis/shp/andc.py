@@ -8,7 +8,9 @@ cached pooled training features, pooling unchanged). Two rules:
 - "clusters" (variant): label j is in a cluster of n's unit (its head, for units="heads").
 Singletons count as clusters, so for single-node units (nodes, ff, filters) both coincide.
 Reports the pruned fraction and held-out accuracy before, right after pruning, and after
-the retraining.
+the retraining. The mask is chosen on one half of the held-out images and the accuracies
+measured on the other (`split_halves`): a mask chosen and judged on the same images would
+flatter itself.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def node_label_sets(weight: Tensor, class_mean_pooled: Tensor, threshold: float)
     """(W, K) bool: the diagonal of every node's own binarised single-node matrix."""
     fields = unit_fields(weight, class_mean_pooled, 1).cpu().numpy()  # (W, K, K)
     return label_sets(binarize(normalize(fields), threshold))
+
+
+def split_halves(n: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two disjoint halves of n held-out positions, fixed by `seed`: (choose, judge)."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g).to(device)
+    return perm[: n // 2], perm[n // 2 :]
+
+
+def class_means(pooled: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """(K, W) float64 mean pooled feature per label (labels absent: zero rows)."""
+    sums = torch.zeros(num_classes, pooled.shape[1], dtype=torch.float64, device=pooled.device)
+    sums.index_add_(0, y, pooled.double())
+    counts = torch.bincount(y, minlength=num_classes).clamp_min(1).double()[:, None]
+    return sums / counts
 
 
 def accuracy(weight: Tensor, pooled: Tensor, y: Tensor) -> float:

@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from analysis.runs import CHECKPOINT_DIR, SHP_BLOCK_METRICS, SHP_DIR
+from analysis.runs import CHECKPOINT_DIR, SHP_BLOCK_METRICS, shp_dir, shp_metric
 
 
 def download_checkpoint(run_id: str, dst: Path, tracking_uri: str | None = None) -> Path:
@@ -40,7 +40,9 @@ def log_to_mlflow(
 ) -> str:
     """Log the folder `out_dir` under artifact path `shp/` and the per-block metrics
     shp_readout_accuracy, shp_snr_labels, shp_snr_area (step = block index; nulls skipped)
-    to `run_id`, or to the active run when None. `client` (or else `tracking_uri`, or else
+    to `run_id`, or to the active run when None. An analysis whose matrices came from any
+    split but validation goes to its own folder and names (`shp_test/`, shp_test_*), never
+    over the validation analysis that committee selection reads. `client` (or else `tracking_uri`, or else
     MLflow's current tracking URI) says which store. Returns the run id."""
     if run_id is None:
         active = mlflow.active_run()
@@ -48,10 +50,11 @@ def log_to_mlflow(
             raise ValueError("log_to_mlflow: no run_id given and no active MLflow run")
         run_id = active.info.run_id
     client = client or MlflowClient(tracking_uri=tracking_uri)
-    client.log_artifacts(run_id, str(out_dir), artifact_path=SHP_DIR)
+    heldout = str(summary.get("heldout") or "unknown")
+    client.log_artifacts(run_id, str(out_dir), artifact_path=shp_dir(heldout))
     now = int(time.time() * 1000)
     metrics = [
-        Metric(name, float(block[key]), now, int(block["block"]))
+        Metric(shp_metric(name, heldout), float(block[key]), now, int(block["block"]))
         for block in summary.get("blocks", [])
         for key, name in SHP_BLOCK_METRICS.items()
         if block.get(key) is not None

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.shp.andc import andc_mask, andc_prune, node_label_sets
+from analysis.shp.andc import andc_mask, andc_prune, class_means, node_label_sets, split_halves
 from analysis.shp.clusters import binarize, cluster_index, find_clusters, normalize
 from analysis.shp.features import (
     UNITS,
@@ -290,21 +290,7 @@ def _analyse_block(
         "label_counts": held.counts.cpu().numpy(),
     }
     if options.andc != "none":
-        # ANDC's mask: each node's own diagonal, or the clusters of each node's unit
-        if options.andc == "diagonal":
-            mask = andc_mask(node_label_sets(weight, class_pooled, threshold))
-        else:
-            mask = andc_mask(sets, lay.unit_size)
-        report, pruned_w = andc_prune(
-            weight,
-            mask,
-            train_pooled=train_pooled,
-            train_y=data.train_y,
-            heldout_pooled=held.pooled[b],
-            heldout_y=held.y,
-            weight_decay=options.fast.weight_decay,
-            iters=options.andc_iters,
-        )
+        report, mask, pruned_w = _andc(lay, weight, held, train_pooled, data, threshold, options)
         entry["andc"] = {"rule": options.andc, **report}
         arrays["andc_mask"] = mask
         arrays["andc_weight"] = pruned_w.cpu().numpy().astype(np.float32)
@@ -314,6 +300,40 @@ def _analyse_block(
         title = f"block {b} ({lay.kind}), {lay.unit}s, readout acc {acc:.3f}"
         _plot_block(lay, normalized, binary, title, threshold, options, out_dir)
     return entry
+
+
+def _andc(
+    lay: BlockUnits,
+    weight: Tensor,
+    held: HeldOut,
+    train_pooled: Tensor,
+    data: DeviceData,
+    threshold: float,
+    options: ShpOptions,
+) -> tuple[dict[str, Any], np.ndarray, Tensor]:
+    """ANDC with its mask chosen on one half of the held-out images (each node's own
+    diagonal, or the clusters of each node's unit) and its accuracies on the other half."""
+    b, K = lay.block, data.num_classes
+    pooled = held.pooled[b]
+    choose, judge = split_halves(len(held.y), options.seed, pooled.device)
+    class_pooled = class_means(pooled[choose], held.y[choose], K)
+    if options.andc == "diagonal":
+        mask = andc_mask(node_label_sets(weight, class_pooled, threshold))
+    else:
+        f = unit_fields(weight, class_pooled, lay.unit_size).cpu().numpy()
+        mask = andc_mask(label_sets(binarize(normalize(f), threshold)), lay.unit_size)
+    report, pruned_w = andc_prune(
+        weight,
+        mask,
+        train_pooled=train_pooled,
+        train_y=data.train_y,
+        heldout_pooled=pooled[judge],
+        heldout_y=held.y[judge],
+        weight_decay=options.fast.weight_decay,
+        iters=options.andc_iters,
+    )
+    report = {**report, "mask_images": int(len(choose)), "accuracy_images": int(len(judge))}
+    return report, mask, pruned_w
 
 
 def _plot_block(

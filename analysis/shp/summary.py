@@ -61,7 +61,14 @@ class ShpSummary:
     pooling: str | None = None
     fit: str | None = None
     threshold: float | None = None
+    heldout: str | None = None  # the split the matrices came from: "val", "test"
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_validation(self) -> bool:
+        """True only when the file says its matrices came from the validation split: the
+        only analysis that selection (and the report's verdicts) may read."""
+        return self.heldout == "val"
 
     @property
     def head_blocks(self) -> tuple[BlockSummary, ...]:
@@ -74,7 +81,7 @@ class ShpSummary:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShpSummary:
-        top = {"num_classes", "units", "pooling", "fit", "threshold"}
+        top = {"num_classes", "units", "pooling", "fit", "threshold", "heldout"}
         return cls(
             blocks=tuple(BlockSummary.from_dict(b) for b in d.get("blocks") or ()),
             **{k: d[k] for k in top if d.get(k) is not None},
