@@ -100,6 +100,18 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointEvery:
+    """How often a run saves a resumable checkpoint: after `epochs` epochs or `minutes`
+    minutes since the last one, whichever comes first; the last epoch is always saved.
+    Each save is the weights plus AdamW's two moments (3x the model), so every epoch
+    would upload 300 of them in a 300-epoch run; a resume repeats at most the epochs
+    since the last save."""
+
+    epochs: int = 10
+    minutes: float = 10.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -111,6 +123,7 @@ class TrainConfig:
     final_weights: FinalWeights = "final"
     max_epochs_without_gain: int | None = None
     eval_every: int = 1
+    checkpoint_every: CheckpointEvery = field(default_factory=CheckpointEvery)
     latency_runs: int = 100
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from analysis.runs import STOPPED_EARLY_TAG, find_trial_run
+from analysis.runs import FAILURE_TAG, STOPPED_EARLY_TAG, find_trial_run
 from orchestrator.tracking import set_status
 
 
@@ -16,6 +16,7 @@ class MlflowStatusCallback(Callback):
             experiment_id,
             parent_run_id,
         )
+        self.interrupted = False  # set by the driver on SIGINT/SIGTERM
 
     def _run_id(self, trial_id: str) -> str | None:
         run = find_trial_run(
@@ -29,7 +30,11 @@ class MlflowStatusCallback(Callback):
             return
         client = MlflowClient(self.tracking_uri)
         last = trial.last_result or {}
-        if "test_accuracy" in last:  # only the trainer's final report carries it
+        if self.interrupted:  # the driver marks unfinished runs once Tune has stopped
+            return
+        if FAILURE_TAG in last:  # failed for good; the worker tagged the reason
+            set_status(client, run_id, "FAILED")
+        elif "test_accuracy" in last:  # only the trainer's final report carries it
             set_status(client, run_id, "FINISHED")
         else:  # stopped by the scheduler (e.g. ASHA) before its budget
             client.set_tag(run_id, STOPPED_EARLY_TAG, "true")

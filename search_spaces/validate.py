@@ -82,6 +82,8 @@ RANGES: dict[str, Check] = {
     "seed": _at_least(0),
     "max_epochs_without_gain": _at_least(1),
     "eval_every": _at_least(1),
+    "checkpoint_every.epochs": _at_least(1),
+    "checkpoint_every.minutes": _positive,
     "latency_runs": _at_least(1),
     "optim.epochs": _at_least(1),
     "optim.batch_size": _at_least(1),

@@ -40,6 +40,7 @@ TINY: dict[str, Any] = {
     "device": "cpu",
     "precision": "fp32",
     "latency_runs": 1,
+    "checkpoint_every.epochs": 1,  # most tests here resume from any epoch
 }
 # Nothing random but the data order: every rank draws the same stream as a single process.
 NO_RANDOMNESS = {
