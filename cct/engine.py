@@ -333,7 +333,6 @@ def setup_run(
     bf16 = use_bf16(cfg.precision, device)
     model = build_model(cfg, data).to(device)
     info = describe(model, cfg=cfg, data=data, rank=rank, bf16=bf16, latency_shared=latency_shared)
-    callbacks.on_start(info)
 
     optimizer = make_optimizer(model, cfg.optim, device)
     progress, step, best_state = Progress(), 0, None
@@ -343,6 +342,8 @@ def setup_run(
         best = Path(resume_from) / "best.pt"
         if cfg.final_weights == "best" and best.exists():
             best_state = torch.load(best, map_location=device, weights_only=True)
+    info["first_epoch"] = progress.epoch + 1  # this attempt's
+    callbacks.on_start(info)
     trainer = make_trainer(
         model,
         optim=cfg.optim,

@@ -43,18 +43,16 @@ class RayCallbacks:
         self, tracker: NullTracker, analysis: dict[str, Any] | None, data: DeviceData
     ) -> None:
         self.tracker, self.analysis, self.data = tracker, analysis, data
-        self.first_epoch: int | None = None
         self.last_report: dict[str, Any] = {}
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.tracker.log_start(info)
+        # Before any epoch: an attempt that fails in its first one is counted too.
+        self.tracker.log_attempt(int(info["first_epoch"]), this_node_id())
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the
         # tracker skips it (already logged) instead of leaving a gap.
-        if self.first_epoch is None:
-            self.first_epoch = int(metrics["epoch"])
-            self.tracker.log_attempt(self.first_epoch, this_node_id())
         self.tracker.log_epoch(metrics)
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if metrics.get("final"):
