@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import signal
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from ray.tune import Callback
 
 from analysis.runs import SWEEP_DIR
 from cct.checkpoint import git_commit
-from orchestrator.callbacks import MlflowStatusCallback
+from orchestrator.callbacks import Interruption, MlflowStatusCallback
 from orchestrator.cluster import cluster_problems
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
 from orchestrator.summary import print_best, print_summary, summarize
@@ -123,38 +122,6 @@ def open_parent_run(
     return run_id, ray_experiment, False
 
 
-class Interruption(Callback):
-    """SIGINT and SIGTERM (what schedulers and spot reclaims send before the kill) stop the
-    sweep: the first one asks Tune to stop its trials and save its state, a second one
-    skips that. Installed before Ray starts; Tune's own SIGINT handler (tune.run installs
-    it, and the same one on SIGUSR1) is taken over in `setup`, once Tune has put it there."""
-
-    def __init__(self, status_callback: MlflowStatusCallback) -> None:
-        self.signum: int | None = None
-        self.status_callback = status_callback
-        self._tune_stop: Any = None
-
-    def install(self) -> None:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
-
-    def setup(self, **info: Any) -> None:
-        self._tune_stop = signal.getsignal(signal.SIGUSR1)
-        self.install()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        first, self.signum = self.signum is None, self.signum or signum
-        self.status_callback.interrupted = True
-        if not (first and callable(self._tune_stop)):
-            raise KeyboardInterrupt
-        print(
-            f"\n{signal.Signals(signum).name}: stopping the sweep (again to skip saving Tune's state)",
-            file=sys.stderr,
-            flush=True,
-        )
-        self._tune_stop(signum, frame)
-
-
 def make_tuner(
     spec: SweepSpec, trainable: Any, experiment_path: str, callbacks: list[Callback], name: str
 ) -> tune.Tuner:
@@ -202,8 +169,7 @@ def run_sweep(
     """Run the sweep to its end: 0, or 1 when every trial errored; after SIGINT or SIGTERM
     128 + the signal (130, 143), with the unfinished runs marked and the command that
     resumes printed."""
-    status_callback = MlflowStatusCallback(tracking_uri, "", "")
-    interruption = Interruption(status_callback)
+    interruption = Interruption()
     interruption.install()
     client, experiment_id, parent_run_id, results = None, "", "", None
     # The cluster first: a sweep it cannot run is refused before anything is written.
@@ -234,12 +200,11 @@ def run_sweep(
             latency_shared=max_concurrent(spec) > 1 or spec.resources.gpus_per_worker < 1,
         )
         trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
-        status_callback.experiment_id, status_callback.parent_run_id = experiment_id, parent_run_id
         tuner = make_tuner(
             spec,
             trainable,
             f"{spec.storage_path.rstrip('/')}/{ray_experiment}",
-            [status_callback, interruption],
+            [MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id), interruption],
             ray_experiment,
         )
         with quiet_tune_restore_hint():
