@@ -210,17 +210,18 @@ def run_sweep(
         with quiet_tune_restore_hint():
             results = tuner.fit()
     except KeyboardInterrupt:
-        interruption.signum = interruption.signum or signal.SIGINT
+        Interruption.record(signal.SIGINT)
     finally:
         ray.shutdown()
-    if interruption.signum is not None:
+    signum = Interruption.signum()
+    if signum is not None:
         return interrupted(
             spec,
             client,
             experiment_id,
             parent_run_id,
             results,
-            interruption.signum,
+            signum,
             resume_command=resume_command,
         )
     summary = summarize(spec, results, client, experiment_id, parent_run_id)
