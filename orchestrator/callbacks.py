@@ -71,6 +71,10 @@ class Interruption(Callback):
         return cls._state["signum"]
 
     @classmethod
+    def reset(cls) -> None:
+        cls._state.update(signum=None, tune_stop=None)
+
+    @classmethod
     def record(cls, signum: int) -> None:
         if cls._state["signum"] is None:
             cls._state["signum"] = signum

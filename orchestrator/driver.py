@@ -169,6 +169,7 @@ def run_sweep(
     """Run the sweep to its end: 0, or 1 when every trial errored; after SIGINT or SIGTERM
     128 + the signal (130, 143), with the unfinished runs marked and the command that
     resumes printed."""
+    Interruption.reset()
     interruption = Interruption()
     interruption.install()
     client, experiment_id, parent_run_id, results = None, "", "", None

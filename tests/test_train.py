@@ -24,7 +24,7 @@ from cct import train
 from cct.checkpoint import load_model, read_description
 from cct.config import TrainConfig
 from cct.data import load_dataset, normalize
-from cct.engine import NoCallbacks, TrainingDiverged, fit
+from cct.engine import NoCallbacks, OutOfMemoryAtStart, TrainingDiverged, fit
 
 # A 2-block CCT on 8x8 digits (16 tokens, ~14k parameters): a few tenths of a second an epoch.
 TINY: dict[str, Any] = {
@@ -508,3 +508,21 @@ def test_early_stop_checkpoint_resumes_to_the_end_not_to_more_epochs(tmp_path):
     again = Saves(tmp_path / "again")
     result = fit(config(**FROZEN), callbacks=again, resume_from=tmp_path / "stopped/epoch3")
     assert again.reported == [3] and result["epochs"] == 3
+
+
+@pytest.mark.parametrize("at_call, raised", [(1, OutOfMemoryAtStart), (3, torch.OutOfMemoryError)])
+def test_out_of_memory_before_the_first_step_is_told_apart(monkeypatch, at_call, raised):
+    # Before any step: the model or its batch does not fit (the sweep does not retry it on
+    # a GPU of its own). Later: fragmentation or a neighbour, which a retry may heal.
+    real, calls = cct.engine.Trainer.train_step, []
+
+    def step(self, x, y):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x, y)
+
+    monkeypatch.setattr(cct.engine.Trainer, "train_step", step)
+    with pytest.raises(raised) as e:
+        fit(config())
+    assert type(e.value) is raised and "out of memory" in str(e.value)
