@@ -69,10 +69,12 @@ def _epochs(root: Path, run) -> list[int]:
     return [m.step for m in _client(root).get_metric_history(run.info.run_id, "train_loss")]
 
 
-def _interrupt(root: Path, log: Path, signum: int, *, group: bool, epochs_first: int) -> dict:
-    """Run the command; once the good trial has `epochs_first` epochs in MLflow (and the bad
-    one has failed), send `signum`; what came of it."""
+def _interrupt(root: Path, log: Path, signum: int, *, group: bool, more_epochs: int) -> dict:
+    """Run the command; once this run has logged `more_epochs` new epochs of the good trial
+    in MLflow (and the bad one has failed), send `signum`; what came of it."""
     start = len(log.read_text()) if log.exists() else 0
+    before = _runs(root).get("good")
+    epochs_first = (len(_epochs(root, before)) if before else 0) + more_epochs
     proc = subprocess.Popen(
         COMMAND, cwd=root, stdout=log.open("a"), stderr=subprocess.STDOUT,
         start_new_session=True, env=local_env(),
@@ -106,8 +108,8 @@ def interrupted_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt")
     (root / "sweep.yaml").write_text(SWEEP)
     log = root / "sweep.log"
-    sigint = _interrupt(root, log, signal.SIGINT, group=True, epochs_first=4)
-    sigterm = _interrupt(root, log, signal.SIGTERM, group=False, epochs_first=8)
+    sigint = _interrupt(root, log, signal.SIGINT, group=True, more_epochs=4)
+    sigterm = _interrupt(root, log, signal.SIGTERM, group=False, more_epochs=2)
     start = len(log.read_text())
     final = subprocess.run(
         COMMAND, cwd=root, stdout=log.open("a"), stderr=subprocess.STDOUT,
