@@ -31,6 +31,15 @@ SWEEP_RUN_TAG = "sweep_run_id"  # on committee runs
 TRIAL_ID_TAG = "trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STOPPED_EARLY_TAG = "stopped_early"  # "true" on trials a scheduler stopped
+# "true" on a sweep run and its unfinished trial runs stopped by SIGINT/SIGTERM (KILLED, as
+# a scheduler-stopped trial is; this tag tells them apart); removed when they resume
+INTERRUPTED_TAG = "interrupted"
+# on a FAILED trial run that cannot heal by a retry: "diverged", "config" (the model or
+# batch cannot be built) or "out_of_memory"; FAILURE_MESSAGE_TAG holds the error's text
+FAILURE_TAG, FAILURE_MESSAGE_TAG = "failure_reason", "failure_message"
+# "true" once a trial's final metrics and artifacts, and then its SHP analysis, are logged:
+# a resume after a crash in either logs neither twice
+FINAL_LOGGED_TAG, ANALYSIS_LOGGED_TAG = "final_logged", "analysis_logged"
 
 # artifact paths, relative to a run's artifact root
 CHECKPOINT_DIR = "checkpoint"  # model.json + model.pt (cct/checkpoint.py)

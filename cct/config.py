@@ -154,6 +154,18 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointEvery:
+    """How often a run saves a resumable checkpoint: after `epochs` epochs or `minutes`
+    minutes since the last one, whichever comes first; the last epoch is always saved.
+    Each save is the weights plus AdamW's two moments (3x the model), so every epoch
+    would upload 300 of them in a 300-epoch run; a resume repeats at most the epochs
+    since the last save."""
+
+    epochs: int = field(default=10, metadata=at_least(1))
+    minutes: float = field(default=10.0, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -165,6 +177,7 @@ class TrainConfig:
     final_weights: FinalWeights = "final"
     max_epochs_without_gain: int | None = field(default=None, metadata=at_least(1))
     eval_every: int = field(default=1, metadata=at_least(1))
+    checkpoint_every: CheckpointEvery = field(default_factory=CheckpointEvery)
     latency_runs: int = field(default=100, metadata=at_least(1))
 
     @classmethod

@@ -3,7 +3,8 @@ Ray workers both call, and `Trainer.train_step`, the one training step that `fit
 batch and that every benchmark of this pipeline times. Config in, metrics out through
 callbacks, no globals.
 
-fit = setup_run -> per epoch: train_epoch, validate, checkpoint -> finish.
+fit = setup_run -> train_epochs (per epoch: train_epoch, validate, save_epoch when due;
+at the last: finish, then its report) -> on_end.
 
 The step loop has no host syncs: data and augmentation live on the device, the loss is
 accumulated on the device, and the one `.item()` per epoch (the log interval) is where the
@@ -29,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cct import dist
 from cct.checkpoint import load_train_state, read_description, save_checkpoint, unwrap
-from cct.config import ConfigError, OptimConfig, TrainConfig
+from cct.config import CheckpointEvery, ConfigError, OptimConfig, TrainConfig
 from cct.data import (
     DeviceAugment,
     DeviceData,
@@ -46,6 +47,12 @@ from cct.optim import lr_at, make_optimizer
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run is stopped and reported failed."""
+
+
+class OutOfMemoryAtStart(RuntimeError):
+    """The device ran out of memory before this attempt's first optimizer step: the model,
+    its batch or the latency measurement does not fit (or, on a shared device, a
+    neighbour holds the memory)."""
 
 
 class Callbacks(Protocol):
@@ -218,24 +225,51 @@ def fit(
     """Train `cfg` to the end (or early stop) and return the final result on every rank.
 
     `resume_from` is a checkpoint folder written by an earlier call; training continues
-    with the epoch after the one it holds.
+    with the epoch after the one it holds. The last epoch is evaluated, checkpointed and
+    reported before `on_end` (where a sweep runs its analysis): a crash in `on_end`
+    resumes from that checkpoint without training again.
     """
     callbacks = callbacks or NoCallbacks()
     rank, device = dist.setup(cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     allow_tf32(device)
     data = data or load_dataset(cfg.data, device)
-    run = setup_run(
-        cfg,
-        data=data,
-        rank=rank,
-        device=device,
-        callbacks=callbacks,
-        resume_from=resume_from,
-        latency_shared=latency_shared,
-    )
+    run: Run | None = None
+    try:
+        run = setup_run(
+            cfg,
+            data=data,
+            rank=rank,
+            device=device,
+            callbacks=callbacks,
+            resume_from=resume_from,
+            latency_shared=latency_shared,
+        )
+        first_step = run.trainer.step
+        last = read_description(Path(resume_from))["metrics"] if resume_from else {}
+        if last.get("final") or run.progress.epoch >= cfg.optim.epochs:
+            # Resumed from the last epoch's checkpoint: the run died after saving it, in
+            # its report or in `on_end`. Nothing is trained; the last report comes again.
+            result, artifacts = finish(run)
+            report_last_epoch_again(run, result, last, callbacks)
+        else:
+            result, artifacts = train_epochs(run, callbacks)
+    except torch.OutOfMemoryError as e:
+        if run is None or run.trainer.step == first_step:
+            raise OutOfMemoryAtStart(f"out of memory before the first step on {device}: {e}") from e
+        raise
+    callbacks.on_end(result, artifacts)
+    if artifacts is not None:
+        shutil.rmtree(artifacts, ignore_errors=True)
+    return result
 
-    result: dict[str, Any] | None = None
+
+def train_epochs(run: Run, callbacks: Callbacks) -> tuple[dict[str, Any], Path | None]:
+    """The epochs from the one after `run.progress.epoch` to the last (or an early stop):
+    every epoch reported, a checkpoint when `checkpoint_every` is due and at the last one.
+    Returns what `finish` returned at the last epoch."""
+    cfg = run.cfg
+    due = CheckpointDue(cfg.checkpoint_every, epoch=run.progress.epoch)
     for epoch in range(run.progress.epoch + 1, cfg.optim.epochs + 1):
         metrics = train_epoch(run, epoch)
         stop_early = validate(run, epoch)
@@ -247,23 +281,36 @@ def fit(
         metrics["final"] = epoch == cfg.optim.epochs or stop_early
         if metrics["final"]:
             # Final evaluation before the last report, so that report carries test accuracy.
-            result = finish(run, callbacks)
+            result, artifacts = finish(run)
             metrics.update(
                 val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"]
             )
-        checkpoint = save_epoch(run, metrics)  # rank 0 only; None elsewhere
+        save = metrics["final"] or due(epoch)
+        checkpoint = save_epoch(run, metrics) if save else None  # rank 0 only
         callbacks.on_epoch_end(metrics, checkpoint)
         if checkpoint is not None:
             shutil.rmtree(checkpoint.parent, ignore_errors=True)
-        if stop_early:
-            break
+        if metrics["final"]:
+            return result, artifacts
+    raise AssertionError("unreachable: the last epoch is final")
 
-    if result is None:
-        # Resumed from the last epoch's checkpoint: the run may have died after saving it
-        # but before its report reached anyone (a sweep driver killed at that moment).
-        result = finish(run, callbacks)
-        report_last_epoch_again(run, result, callbacks, resumed_from=resume_from)
-    return result
+
+class CheckpointDue:
+    """`checkpoint_every`: due after `epochs` epochs or `minutes` minutes since the last
+    save (or the start of this attempt), whichever comes first. Rank 0 alone saves, so
+    the ranks' clocks need not agree."""
+
+    def __init__(self, every: CheckpointEvery, *, epoch: int) -> None:
+        self.every, self.epoch, self.t = every, epoch, time.monotonic()
+
+    def __call__(self, epoch: int) -> bool:
+        due = (
+            epoch - self.epoch >= self.every.epochs
+            or time.monotonic() - self.t >= 60 * self.every.minutes
+        )
+        if due:
+            self.epoch, self.t = epoch, time.monotonic()
+        return due
 
 
 # --------------------------------------------------------------------------------------
@@ -286,7 +333,6 @@ def setup_run(
     bf16 = use_bf16(cfg.precision, device)
     model = build_model(cfg, data).to(device)
     info = describe(model, cfg=cfg, data=data, rank=rank, bf16=bf16, latency_shared=latency_shared)
-    callbacks.on_start(info)
 
     optimizer = make_optimizer(model, cfg.optim, device)
     progress, step, best_state = Progress(), 0, None
@@ -296,6 +342,8 @@ def setup_run(
         best = Path(resume_from) / "best.pt"
         if cfg.final_weights == "best" and best.exists():
             best_state = torch.load(best, map_location=device, weights_only=True)
+    info["first_epoch"] = progress.epoch + 1  # this attempt's
+    callbacks.on_start(info)
     trainer = make_trainer(
         model,
         optim=cfg.optim,
@@ -474,9 +522,10 @@ def save_epoch(run: Run, metrics: dict[str, Any]) -> Path | None:
     return path
 
 
-def finish(run: Run, callbacks: Callbacks) -> dict[str, Any]:
+def finish(run: Run) -> tuple[dict[str, Any], Path | None]:
     """Final validation and test accuracy (of the best epoch's weights with
-    final_weights=best); rank 0 writes the logits and final checkpoint for `on_end`."""
+    final_weights=best); rank 0 writes the logits and final checkpoint into a temporary
+    folder for `on_end` (None on other ranks)."""
     cfg, data, rank, bf16, p = run.cfg, run.data, run.rank, run.bf16, run.progress
     if run.best_state is not None:
         run.model.load_state_dict(run.best_state)
@@ -508,18 +557,14 @@ def finish(run: Run, callbacks: Callbacks) -> dict[str, Any]:
         save_checkpoint(
             artifacts / "checkpoint", model=run.model, cfg=cfg, epoch=p.epoch, metrics=result
         )
-    callbacks.on_end(result, artifacts)
-    if artifacts is not None:
-        shutil.rmtree(artifacts, ignore_errors=True)
-    return result
+    return result, artifacts
 
 
 def report_last_epoch_again(
-    run: Run, result: dict[str, Any], callbacks: Callbacks, *, resumed_from: Path | None
+    run: Run, result: dict[str, Any], last: dict[str, Any], callbacks: Callbacks
 ) -> None:
-    """Report the resumed checkpoint's epoch again, final figures included: its report may
-    never have arrived. Trackers skip what they already logged."""
-    last = read_description(Path(resumed_from))["metrics"] if resumed_from else {}
+    """Report the resumed checkpoint's epoch (`last`: its metrics) again, final figures
+    included: its report may never have arrived. Trackers skip what they already logged."""
     callbacks.on_epoch_end(
         {
             **last,

@@ -5,25 +5,33 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune import Callback
 
 from analysis.runs import SWEEP_DIR
 from cct.checkpoint import git_commit
-from orchestrator.callbacks import MlflowStatusCallback
+from orchestrator.callbacks import Interruption, MlflowStatusCallback
 from orchestrator.cluster import cluster_problems
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
-from orchestrator.summary import print_summary, summarize
+from orchestrator.summary import print_best, print_summary, summarize
 from orchestrator.tracking import (
     create_parent_run,
     ensure_experiment,
     is_local_store,
     latest_sweep_run,
     library_versions,
+    mark_interrupted,
+    reopen,
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
@@ -88,6 +96,7 @@ def open_parent_run(
                 f"{old_hash[:12]} != {spec.hash[:12]}); pass --fresh to start a new sweep run "
                 "under the same name, or restore the file to resume"
             )
+        reopen(client, parent)  # RUNNING again, no longer tagged interrupted
         return parent.info.run_id, parent.data.tags["ray_experiment"], True
     if resume:
         raise SweepRefused(f"--resume: no earlier run of sweep {spec.name!r} to continue")
@@ -113,12 +122,60 @@ def open_parent_run(
     return run_id, ray_experiment, False
 
 
+def make_tuner(
+    spec: SweepSpec, trainable: Any, experiment_path: str, callbacks: list[Callback], name: str
+) -> tune.Tuner:
+    """The sweep's Tuner, restored from Tune's saved state when there is one."""
+    if tune.Tuner.can_restore(experiment_path):
+        return tune.Tuner.restore(
+            experiment_path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space(spec),
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.tune.num_samples,
+            max_concurrent_trials=max_concurrent(spec),
+            time_budget_s=spec.tune.time_budget_s,
+            trial_name_creator=lambda t: f"trial-{t.trial_id}",
+            trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=spec.storage_path,
+            callbacks=callbacks,
+            # A trial that fails for good ends normally (orchestrator.worker); what is left
+            # is a lost trial actor or driver node, which a retry heals.
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )
+
+
 def run_sweep(
-    spec: SweepSpec, *, tracking_uri: str, address: str | None, resume: bool, fresh: bool
+    spec: SweepSpec,
+    *,
+    tracking_uri: str,
+    address: str | None,
+    resume: bool,
+    fresh: bool,
+    resume_command: str = "python -m orchestrator.sweep --resume",
 ) -> int:
+    """Run the sweep to its end: 0, or 1 when every trial errored; after SIGINT or SIGTERM
+    128 + the signal (130, 143), with the unfinished runs marked and the command that
+    resumes printed."""
+    Interruption.reset()
+    interruption = Interruption()
+    interruption.install()
+    client, experiment_id, parent_run_id, results = None, "", "", None
     # The cluster first: a sweep it cannot run is refused before anything is written.
-    start_ray(address)
     try:
+        start_ray(address)
         problems = cluster_problems(spec, tracking_uri)
         if problems:
             raise SweepRefused("; ".join(problems))
@@ -144,41 +201,79 @@ def run_sweep(
             latency_shared=max_concurrent(spec) > 1 or spec.resources.gpus_per_worker < 1,
         )
         trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
-        experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"
-        status_callback = MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id)
-        if tune.Tuner.can_restore(experiment_path):
-            tuner = tune.Tuner.restore(
-                experiment_path,
-                trainable,
-                resume_unfinished=True,
-                resume_errored=True,
-                param_space=param_space(spec),
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(spec),
-                tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(spec),
-                    scheduler=make_scheduler(spec),
-                    num_samples=spec.tune.num_samples,
-                    max_concurrent_trials=max_concurrent(spec),
-                    time_budget_s=spec.tune.time_budget_s,
-                    trial_name_creator=lambda t: f"trial-{t.trial_id}",
-                    trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
-                ),
-                run_config=tune.RunConfig(
-                    name=ray_experiment,
-                    storage_path=spec.storage_path,
-                    callbacks=[status_callback],
-                    failure_config=tune.FailureConfig(max_failures=2),
-                ),
-            )
-        results = tuner.fit()
+        tuner = make_tuner(
+            spec,
+            trainable,
+            f"{spec.storage_path.rstrip('/')}/{ray_experiment}",
+            [MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id), interruption],
+            ray_experiment,
+        )
+        with quiet_tune_restore_hint():
+            results = tuner.fit()
+    except KeyboardInterrupt:
+        Interruption.record(signal.SIGINT)
     finally:
         ray.shutdown()
+    signum = Interruption.signum()
+    if signum is not None:
+        return interrupted(
+            spec,
+            client,
+            experiment_id,
+            parent_run_id,
+            results,
+            signum,
+            resume_command=resume_command,
+        )
     summary = summarize(spec, results, client, experiment_id, parent_run_id)
     errored = summary["errored"]
     set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
     print_summary(spec, summary, tracking_uri=tracking_uri)
     return 1 if errored and not summary["finished"] else 0
+
+
+def interrupted(
+    spec: SweepSpec,
+    client: MlflowClient | None,
+    experiment_id: str,
+    parent_run_id: str,
+    results: Any,
+    signum: int,
+    *,
+    resume_command: str,
+) -> int:
+    """After SIGINT/SIGTERM: the sweep run and its unfinished trial runs KILLED with
+    interrupted=true, the finished trials (only those) and the command that resumes."""
+    name = signal.Signals(signum).name
+    unfinished = 0
+    summary = None
+    if client is not None and parent_run_id:
+        unfinished = mark_interrupted(client, experiment_id, parent_run_id)
+        if results is not None:
+            summary = summarize(
+                spec, results, client, experiment_id, parent_run_id, interrupted=True
+            )
+    finished = summary["finished"] if summary else 0
+    print(
+        f"\nSweep {spec.name!r} interrupted by {name}: {finished} trial(s) finished, "
+        f"{unfinished} unfinished (their MLflow runs and the sweep run are KILLED with "
+        "tag interrupted=true).",
+        flush=True,
+    )
+    if summary and summary["best"]:
+        print_best(summary, title=f"Best finished trials of sweep {spec.name!r}")
+    print(f"Resume with:\n  {resume_command}", flush=True)
+    return 128 + signum
+
+
+@contextmanager
+def quiet_tune_restore_hint() -> Iterator[None]:
+    """Tune ends an interrupted run by suggesting Tuner.restore(...); ours prints the sweep
+    command that resumes instead."""
+    log = logging.getLogger("ray.tune.tune")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

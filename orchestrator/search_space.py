@@ -20,11 +20,15 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 from ray.tune.search.sample import Domain as TuneDomain
 
+from analysis.runs import FAILURE_TAG
 from search_spaces.spec import AshaSpec, Domain, SweepSpec
 
 logger = logging.getLogger(__name__)
-BUDGET_ATTR = "training_iteration"  # one report per epoch, so iterations are epochs
+# The epoch each report carries, not Tune's training_iteration: that counter restarts at 1
+# when Tune restarts a trial, while Ray Train resumes it at its checkpoint's epoch.
+BUDGET_ATTR = "epoch"
 FINISHED_KEY = "test_accuracy"  # only the trainer's final report carries it
+FAILED_KEY = FAILURE_TAG  # in the one report of a trial that failed for good
 
 
 def tune_domain(d: Domain) -> Any:
@@ -90,13 +94,23 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._reported_steps: dict[str, set[int]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        super().on_trial_result(trial_id, result)
-        if not isinstance(self.metric, list) and BUDGET_ATTR in result:
-            self._reported_steps.setdefault(trial_id, set()).add(result[BUDGET_ATTR])
+        # Ray's version reports at training_iteration; ours at the epoch, once per epoch
+        # (a restarted trial repeats the epochs since its checkpoint).
+        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return
+        step = result.get(BUDGET_ATTR)
+        if step is None or FAILED_KEY in result:
+            return
+        if step not in self._reported_steps.setdefault(trial_id, set()):
+            self._ot_trials[trial_id].report(result[self.metric], step)
+            self._reported_steps[trial_id].add(step)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        if result and FAILED_KEY in result:  # diverged, unbuildable, out of memory
+            super().on_trial_complete(trial_id, result=None, error=True)  # told FAIL
+            return
         if not self._cut_short(trial_id, result, error):
             super().on_trial_complete(trial_id, result=result, error=error)
             return

@@ -11,36 +11,43 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import pareto_front
-from analysis.runs import SWEEP_DIR
+from analysis.runs import FAILURE_TAG, SWEEP_DIR
 from search_spaces import SweepSpec
 
 SHOWN = ("val_accuracy", "test_accuracy", "latency_ms", "macs", "params")
 
 
 def summarize(
-    spec: SweepSpec, results, client: MlflowClient, experiment_id: str, parent_run_id: str
+    spec: SweepSpec,
+    results,
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    *,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
+    """The sweep's trials, its best (or Pareto front), logged to the parent run. After an
+    interruption a trial short of its end is "interrupted", never among the best."""
+    unfinished = "interrupted" if interrupted else "stopped"
     rows = []
     errored = 0
     for result in results:
         m = result.metrics or {}
-        if result.error is not None:
-            errored += 1
+        failed = result.error is not None or FAILURE_TAG in m  # failed for good: no retry
+        errored += failed
         rows.append(
             {
                 "trial_id": m.get("trial_id"),
                 "config": dict(result.config or {}),
-                "status": "error"
-                if result.error is not None
-                else ("done" if "test_accuracy" in m else "stopped"),
+                "status": "error" if failed else ("done" if "test_accuracy" in m else unfinished),
                 "epochs": m.get("epoch"),
                 **{k: m.get(k) for k in SHOWN},
             }
         )
     finished = [r for r in rows if r["status"] == "done"]
     first, mode = spec.objectives[0]
-    ranked = sorted(
-        (r for r in rows if r.get(first) is not None),
+    ranked = sorted(  # never a failed one (its objectives are NaN) or an interrupted one
+        (r for r in rows if r["status"] in ("done", "stopped") and r.get(first) is not None),
         key=lambda r: r[first],
         reverse=mode == "max",
     )
@@ -72,16 +79,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str) -> None:
+def print_best(summary: dict[str, Any], *, title: str) -> None:
     rows = summary["pareto_front"] or summary["best"]
-    title = "Pareto front" if summary["pareto_front"] else "Best trials"
-    print(
-        f"\n{title} of sweep {spec.name!r} ({summary['finished']} finished, {summary['errored']} errored):"
-    )
+    print(f"\n{title}:")
     for r in rows:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["config"].items()))
         metrics = "  ".join(f"{k} {_fmt(r[k])}" for k in SHOWN if r.get(k) is not None)
         print(f"  {r['trial_id']}  {metrics}  [{params}]")
+
+
+def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str) -> None:
+    title = "Pareto front" if summary["pareto_front"] else "Best trials"
+    print_best(
+        summary,
+        title=f"{title} of sweep {spec.name!r} ({summary['finished']} finished, "
+        f"{summary['errored']} errored)",
+    )
     print(f"\nMLflow store: {tracking_uri}  (experiment {spec.experiment!r})")
     if tracking_uri.startswith("sqlite:///"):
         print(

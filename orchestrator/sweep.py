@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from cct.cli import OneLineParser, fail
@@ -44,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resume_command(argv: list[str]) -> str:
+    """This command as it resumes the sweep it started: --fresh would start another one."""
+    args = [a for a in argv if a not in ("--fresh", "--resume")]
+    return shlex.join(["python", "-m", "orchestrator.sweep", *args, "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from search_spaces import SpecError, check_resources, format_plan, load_spec
@@ -73,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run_sweep(
-            spec, tracking_uri=tracking_uri, address=address, resume=args.resume, fresh=args.fresh
+            spec,
+            tracking_uri=tracking_uri,
+            address=address,
+            resume=args.resume,
+            fresh=args.fresh,
+            resume_command=resume_command(sys.argv[1:] if argv is None else argv),
         )
     except SweepRefused as e:
         fail(e)

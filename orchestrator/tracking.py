@@ -64,8 +64,7 @@ def child_run(
     """The run of `trial_id` under `parent_run_id`: found again on resume, else created."""
     found = find_trial_run(client, experiment_id, parent_run_id, trial_id)
     if found is not None:
-        if found.info.status != "RUNNING":
-            client.update_run(found.info.run_id, status="RUNNING")
+        reopen(client, found)
         return found.info.run_id
     run = client.create_run(
         experiment_id,
@@ -79,6 +78,28 @@ def child_run(
     )
     log_params(client, run.info.run_id, params)
     return run.info.run_id
+
+
+def reopen(client: MlflowClient, run: Any) -> None:
+    """A run resumed: RUNNING again, its `interrupted` tag removed."""
+    if run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+    if runs.INTERRUPTED_TAG in run.data.tags:
+        client.delete_tag(run.info.run_id, runs.INTERRUPTED_TAG)
+
+
+def mark_interrupted(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> int:
+    """The sweep run and its unfinished (RUNNING) trial runs KILLED with interrupted=true;
+    returns how many trial runs were unfinished."""
+    unfinished = [
+        r
+        for r in runs.trial_runs(client, experiment_id, sweep_run_id)
+        if r.info.status == "RUNNING"
+    ]
+    for run_id in [r.info.run_id for r in unfinished] + [sweep_run_id]:
+        client.set_tag(run_id, runs.INTERRUPTED_TAG, "true")
+        set_status(client, run_id, "KILLED")
+    return len(unfinished)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -104,6 +125,9 @@ class NullTracker:
         pass
 
     def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        pass
+
+    def log_failure(self, reason: str, message: str) -> None:
         pass
 
     def log_attempt(self, first_epoch: int, node_id: str) -> None:
@@ -150,7 +174,14 @@ class RunTracker(NullTracker):
         )
         self.logged_epochs.add(epoch)
 
+    def tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
+
     def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        """The final metrics and artifacts, once: a resumed run that already logged them
+        (it crashed in the analysis after) logs nothing."""
+        if self.tag(runs.FINAL_LOGGED_TAG) == "true":
+            return
         final = {
             k: v
             for k, v in result.items()
@@ -165,6 +196,13 @@ class RunTracker(NullTracker):
             logits, checkpoint = artifacts / runs.LOGITS_FILE, artifacts / runs.CHECKPOINT_DIR
             self.client.log_artifact(self.run_id, str(logits), runs.LOGITS_DIR)
             self.client.log_artifacts(self.run_id, str(checkpoint), runs.CHECKPOINT_DIR)
+        self.client.set_tag(self.run_id, runs.FINAL_LOGGED_TAG, "true")
+
+    def log_failure(self, reason: str, message: str) -> None:
+        """Close the run FAILED with the reason as a tag: a failure no retry can heal."""
+        self.client.set_tag(self.run_id, runs.FAILURE_TAG, reason)
+        self.client.set_tag(self.run_id, runs.FAILURE_MESSAGE_TAG, message[:5000])
+        set_status(self.client, self.run_id, "FAILED")
 
     def log_attempt(self, first_epoch: int, node_id: str) -> None:
         """One point per (re)start of the trial's workers: the first epoch it trained and,
@@ -213,5 +251,7 @@ __all__ = [
     "ensure_experiment",
     "latest_sweep_run",
     "library_versions",
+    "mark_interrupted",
+    "reopen",
     "set_status",
 ]

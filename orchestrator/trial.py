@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.tracking import child_run
-from orchestrator.worker import train_loop_per_worker
+from orchestrator.worker import HELD, train_loop_per_worker
 from search_spaces import SweepSpec, config_for_trial
 
 # Ray Train V2 restores a run only when its name and storage path match: both are derived
@@ -35,6 +35,16 @@ class SweepContext:
     train_storage: str  # where the inner Train runs keep their checkpoints
     latency_shared: bool
     max_worker_failures: int = 3
+
+
+class HoldingTuneReport(TuneReportCallback):
+    """TuneReportCallback that keeps back from Tune the reports marked HELD: the last
+    epoch's, checkpointed by Ray Train at once, reaches Tune after the analysis (reported
+    again without the mark), since ASHA stops a trial at its max_t report."""
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not metrics[0].get(HELD):
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def backend_for(use_gpu: bool) -> str:
@@ -70,6 +80,8 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "run_id": run_id,
             "analysis": analysis,
             "latency_shared": ctx.latency_shared,
+            "objectives": [name for name, _ in spec.objectives],
+            "gpus_per_worker": res.gpus_per_worker,
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),
         scaling_config=ScalingConfig(
@@ -78,7 +90,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         run_config=RunConfig(
             name=f"{TRAIN_RUN_PREFIX}{trial_id}",
             storage_path=ctx.train_storage,
-            callbacks=[TuneReportCallback()],
+            callbacks=[HoldingTuneReport()],
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             failure_config=FailureConfig(max_failures=ctx.max_worker_failures),
         ),

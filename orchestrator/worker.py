@@ -1,70 +1,180 @@
 """The per-worker loop Ray Train runs on every rank of a trial: rebuild the config, resume
 from Ray's checkpoint if there is one, and run the `cct` trainer with callbacks that report
-to Ray (every rank, every epoch) and log to MLflow (rank 0 only)."""
+to Ray (every rank, every epoch) and log to MLflow (rank 0 only).
+
+A failure no retry can heal (divergence, a model or batch the config cannot build, an
+out-of-memory before the first step on a GPU of its own) ends the training function
+normally with a failure record: Ray Train's failure policy retries every error it sees."""
 
 from __future__ import annotations
 
+import math
+import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
+from mlflow.tracking import MlflowClient
 from ray.train import Checkpoint
 
-from analysis.runs import CHECKPOINT_DIR
-from cct.config import TrainConfig
-from cct.engine import fit
+from analysis.runs import ANALYSIS_LOGGED_TAG, CHECKPOINT_DIR, FAILURE_MESSAGE_TAG, FAILURE_TAG
+from cct import dist
+from cct.config import ConfigError, TrainConfig
+from cct.data import DeviceData, load_dataset
+from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
 from orchestrator.cluster import this_node_id
 from orchestrator.tracking import NullTracker, RunTracker
 
+# A report carrying HELD reaches Ray Train (its checkpoint is kept) but not Tune
+# (orchestrator.trial.HoldingTuneReport): the last epoch's, until the analysis is done, as
+# ASHA stops a trial at its max_t report and the analysis would die with it.
+HELD = "held_from_tune"
+FAILED = FAILURE_TAG  # in the one report of a trial that failed for good: its reason
+OOM_RETRY_TAG = "oom_retry"  # set when a shared GPU's out-of-memory was retried once
+OOM_WAIT_S = 600  # how long a retry waits for a neighbour to release its memory
+
 
 class RayCallbacks:
-    def __init__(self, tracker: NullTracker, analysis: dict[str, Any] | None) -> None:
-        self.tracker, self.analysis = tracker, analysis
-        self.first_epoch: int | None = None
+    def __init__(
+        self, tracker: NullTracker, analysis: dict[str, Any] | None, data: DeviceData
+    ) -> None:
+        self.tracker, self.analysis, self.data = tracker, analysis, data
+        self.last_report: dict[str, Any] = {}
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.tracker.log_start(info)
+        # Before any epoch: an attempt that fails in its first one is counted too.
+        self.tracker.log_attempt(int(info["first_epoch"]), this_node_id())
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the
         # tracker skips it (already logged) instead of leaving a gap.
-        if self.first_epoch is None:
-            self.first_epoch = int(metrics["epoch"])
-            self.tracker.log_attempt(self.first_epoch, this_node_id())
         self.tracker.log_epoch(metrics)
-        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if metrics.get("final"):
+            self.last_report = report
+            report = {**report, HELD: 1}
         ray.train.report(
-            numeric, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+            report, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         )
 
     def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        # The last epoch is checkpointed and reported to Ray Train by now: a crash below
+        # resumes from it without training, and each step skips what it already logged.
         self.tracker.log_final(result, artifacts)
-        if artifacts is not None and self.analysis is not None:
-            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis)
+        done = isinstance(self.tracker, RunTracker) and (
+            self.tracker.tag(ANALYSIS_LOGGED_TAG) == "true"
+        )
+        if artifacts is not None and self.analysis is not None and not done:
+            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
+        ray.train.report(self.last_report)  # every rank: now Tune hears the last epoch
 
 
-def run_analysis(tracker: NullTracker, checkpoint: Path, options: dict[str, Any]) -> None:
-    """SHP/SNR analysis of the final model, logged under `shp/` in the trial's run."""
+def run_analysis(
+    tracker: NullTracker, checkpoint: Path, options: dict[str, Any], data: DeviceData
+) -> None:
+    """SHP/SNR analysis of the final model on the training run's own data (already on the
+    device), logged under `shp/` in the trial's run."""
     from analysis.shp import analyze_checkpoint, log_to_mlflow
 
     with tempfile.TemporaryDirectory(prefix="shp-") as out:
-        summary = analyze_checkpoint(checkpoint, out_dir=Path(out), **options)
+        summary = analyze_checkpoint(
+            checkpoint, out_dir=Path(out), data=data, device=data.train_x.device, **options
+        )
         if isinstance(tracker, RunTracker):
             log_to_mlflow(summary, Path(out), run_id=tracker.run_id, client=tracker.client)
+            tracker.client.set_tag(tracker.run_id, ANALYSIS_LOGGED_TAG, "true")
+
+
+def report_failure(tracker: NullTracker, reason: str, message: str, objectives: list[str]) -> None:
+    """The trial's end, on every rank: the MLflow run FAILED with the reason (rank 0) and one
+    report that tells Tune and its searcher it failed (the objectives as NaN: Tune checks
+    every result carries them)."""
+    tracker.log_failure(reason, message)
+    print(f"trial failed for good ({reason}), not retried: {message}", file=sys.stderr)
+    ray.train.report({**{name: math.nan for name in objectives}, FAILED: reason})
+
+
+def failed_before(config: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when an earlier attempt of this trial recorded a failure no retry
+    heals (a rank that ran out of memory alone, the other ranks waiting in a collective)."""
+    tags = MlflowClient(config["tracking_uri"]).get_run(config["run_id"]).data.tags
+    reason = tags.get(FAILURE_TAG)
+    return (reason, tags.get(FAILURE_MESSAGE_TAG, "")) if reason else None
+
+
+def out_of_memory(
+    config: dict[str, Any], tracker: NullTracker, error: OutOfMemoryAtStart, world: int
+) -> tuple[str, str] | None:
+    """An out-of-memory before the first step. On a GPU of its own the model does not fit:
+    (reason, message), or, with other ranks waiting in a collective, the reason recorded
+    and the error raised (the restarted group reads it and stops at once). On a shared GPU
+    a neighbour may hold the memory: raise, so Ray Train retries once, after waiting."""
+    client = MlflowClient(config["tracking_uri"])
+    run = client.get_run(config["run_id"])
+    shared = config.get("gpus_per_worker", 1) < 1
+    if shared and run.data.tags.get(OOM_RETRY_TAG) is None:
+        free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+        client.set_tag(run.info.run_id, OOM_RETRY_TAG, str(free))
+        print(f"out of memory on a shared GPU ({free} bytes free): retrying once", file=sys.stderr)
+        raise error
+    reason = ("out_of_memory", str(error))
+    if world > 1:
+        client.set_tag(run.info.run_id, FAILURE_TAG, reason[0])
+        client.set_tag(run.info.run_id, FAILURE_MESSAGE_TAG, reason[1][:5000])
+        raise error
+    return reason
+
+
+def wait_for_memory(config: dict[str, Any]) -> None:
+    """Before the one retry of a shared GPU's out-of-memory: wait until more memory is free
+    than when it failed (a neighbour released some), at most OOM_WAIT_S."""
+    tags = MlflowClient(config["tracking_uri"]).get_run(config["run_id"]).data.tags
+    if OOM_RETRY_TAG not in tags or not torch.cuda.is_available():
+        return
+    deadline = time.monotonic() + OOM_WAIT_S
+    while torch.cuda.mem_get_info()[0] <= int(tags[OOM_RETRY_TAG]) and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config["train_config"])
     rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
     tracker = RunTracker(config["tracking_uri"], config["run_id"]) if rank == 0 else NullTracker()
-    callbacks = RayCallbacks(tracker, config.get("analysis"))
+    objectives = list(config.get("objectives", []))
+    failure = failed_before(config)
+    if failure is None:
+        wait_for_memory(config)
+        failure = _fit(cfg, config, tracker, world)
+    if failure is not None:
+        report_failure(tracker, *failure, objectives)
+
+
+def _fit(
+    cfg: TrainConfig, config: dict[str, Any], tracker: NullTracker, world: int
+) -> tuple[str, str] | None:
+    """Run the trainer; (reason, message) for a failure no retry heals, else None."""
     checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
-        fit(
-            cfg,
-            callbacks=callbacks,
-            resume_from=Path(folder) if folder else None,
-            latency_shared=config.get("latency_shared", False),
-        )
+    try:
+        _, device = dist.setup(cfg.device)
+        data = load_dataset(cfg.data, device)  # the analysis reuses it
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
+            fit(
+                cfg,
+                callbacks=RayCallbacks(tracker, config.get("analysis"), data),
+                resume_from=Path(folder) if folder else None,
+                data=data,
+                latency_shared=config.get("latency_shared", False),
+            )
+    except TrainingDiverged as e:
+        return "diverged", str(e)
+    except ConfigError as e:
+        return "config", str(e)
+    except OutOfMemoryAtStart as e:
+        return out_of_memory(config, tracker, e, world)
+    return None

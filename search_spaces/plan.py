@@ -68,6 +68,8 @@ def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
         f" {tracking_uri or 'sqlite:///<this folder>/mlflow.db'}",
         f"  Ray results    {spec.storage_path} (keep {spec.keep_checkpoints}"
         " checkpoints per trial)",
+        f"  checkpoints    every {spec.base.checkpoint_every.epochs} epochs or"
+        f" {spec.base.checkpoint_every.minutes:g} min, and the last epoch",
         f"  searcher       {t.searcher}, {n} trial(s); objectives {objectives}",
         f"  scheduler      {scheduler}",
         f"  per trial      {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU{gpu});"

@@ -24,7 +24,7 @@ from cct import train
 from cct.checkpoint import load_model, read_description
 from cct.config import TrainConfig
 from cct.data import load_dataset, normalize
-from cct.engine import NoCallbacks, TrainingDiverged, fit
+from cct.engine import NoCallbacks, OutOfMemoryAtStart, TrainingDiverged, fit
 
 # A 2-block CCT on 8x8 digits (16 tokens, ~14k parameters): a few tenths of a second an epoch.
 TINY: dict[str, Any] = {
@@ -40,6 +40,7 @@ TINY: dict[str, Any] = {
     "device": "cpu",
     "precision": "fp32",
     "latency_runs": 1,
+    "checkpoint_every.epochs": 1,  # most tests here resume from any epoch
 }
 # Nothing random but the data order: every rank draws the same stream as a single process.
 NO_RANDOMNESS = {
@@ -412,3 +413,116 @@ def test_resume_from_the_last_checkpoint_reports_the_final_epoch_again(tmp_path)
     assert metrics["epoch"] == 2 and metrics["final"] is True
     assert metrics["test_accuracy"] == result["test_accuracy"] == straight.result["test_accuracy"]
     assert metrics["train_loss"] == straight.history[-1]["train_loss"]
+
+
+# --------------------------------------------------------------------------------------
+# checkpoint cadence, and the last epoch saved and reported before `on_end`
+
+
+class Saves(NoCallbacks):
+    """The epochs reported, those that came with a checkpoint (copied to `keep`), and the
+    order of the last report and `on_end`."""
+
+    def __init__(self, keep: Path, crash_in_end: bool = False) -> None:
+        self.keep, self.crash_in_end = keep, crash_in_end
+        self.reported: list[int] = []
+        self.saved: list[int] = []
+        self.events: list[str] = []
+
+    def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.reported.append(metrics["epoch"])
+        self.events.append("final report" if metrics["final"] else "report")
+        if checkpoint is not None:
+            self.saved.append(metrics["epoch"])
+            shutil.copytree(checkpoint, self.keep / f"epoch{metrics['epoch']}")
+
+    def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None:
+        self.events.append("end")
+        if self.crash_in_end:
+            raise Interrupted  # as a crash in the SHP analysis would
+
+
+def test_checkpoint_every_epochs_and_always_the_last(tmp_path):
+    rec = Saves(tmp_path)
+    fit(config(**{"optim.epochs": 7, "checkpoint_every.epochs": 3}), callbacks=rec)
+    assert rec.reported == [1, 2, 3, 4, 5, 6, 7]  # metrics every epoch
+    assert rec.saved == [3, 6, 7]
+
+
+def test_checkpoint_every_minutes_comes_first(tmp_path):
+    rec = Saves(tmp_path)
+    every = {"checkpoint_every.epochs": 100, "checkpoint_every.minutes": 1e-6}
+    fit(config(**{"optim.epochs": 3, **every}), callbacks=rec)
+    assert rec.saved == [1, 2, 3]
+
+
+def test_default_cadence_is_ten_epochs_or_ten_minutes():
+    every = TrainConfig().checkpoint_every
+    assert (every.epochs, every.minutes) == (10, 10.0)
+
+
+def test_resume_repeats_only_the_epochs_since_the_last_checkpoint(tmp_path):
+    cfg = config(**{"optim.epochs": 6, "checkpoint_every.epochs": 2})
+    straight = Recorder(tmp_path / "straight")
+    fit(cfg.replace(**{"checkpoint_every.epochs": 1}), callbacks=straight)
+
+    class CrashAtFive(Saves):
+        def on_epoch_end(self, metrics, checkpoint):
+            super().on_epoch_end(metrics, checkpoint)
+            if metrics["epoch"] == 5:
+                raise Interrupted
+
+    broken = CrashAtFive(tmp_path / "broken")
+    with pytest.raises(Interrupted):
+        fit(cfg, callbacks=broken)
+    assert broken.saved == [2, 4]
+    resumed = Saves(tmp_path / "resumed")
+    result = fit(cfg, callbacks=resumed, resume_from=tmp_path / "broken/epoch4")
+    assert resumed.reported == [5, 6]  # epoch 5 again, nothing before it
+    assert result["test_accuracy"] == straight.result["test_accuracy"]
+
+
+def test_last_epoch_saved_and_reported_before_on_end_and_a_crash_there_trains_nothing(
+    tmp_path, train_steps
+):
+    cfg = config(**{"optim.epochs": 3})
+    crashed = Saves(tmp_path / "crashed", crash_in_end=True)
+    with pytest.raises(Interrupted):
+        fit(cfg, callbacks=crashed)
+    assert crashed.events == ["report", "report", "final report", "end"]
+    assert crashed.saved[-1] == 3
+    steps = len(train_steps.calls)
+
+    resumed = Saves(tmp_path / "resumed")
+    result = fit(cfg, callbacks=resumed, resume_from=tmp_path / "crashed/epoch3")
+    assert len(train_steps.calls) == steps  # not one step trained again
+    assert resumed.events == ["final report", "end"]
+    assert resumed.reported == [3] and resumed.saved == []
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_early_stop_checkpoint_resumes_to_the_end_not_to_more_epochs(tmp_path):
+    rec = Saves(tmp_path / "stopped")
+    fit(config(**FROZEN, **{"checkpoint_every.epochs": 5}), callbacks=rec)
+    assert rec.saved == [3]  # the early stop's last epoch, off the cadence
+    again = Saves(tmp_path / "again")
+    result = fit(config(**FROZEN), callbacks=again, resume_from=tmp_path / "stopped/epoch3")
+    assert again.reported == [3] and result["epochs"] == 3
+
+
+@pytest.mark.parametrize("at_call, raised", [(1, OutOfMemoryAtStart), (3, torch.OutOfMemoryError)])
+def test_out_of_memory_before_the_first_step_is_told_apart(monkeypatch, at_call, raised):
+    # Before any step: the model or its batch does not fit (the sweep does not retry it on
+    # a GPU of its own). Later: fragmentation or a neighbour, which a retry may heal.
+    real, calls = cct.engine.Trainer.train_step, []
+
+    def step(self, x, y):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x, y)
+
+    monkeypatch.setattr(cct.engine.Trainer, "train_step", step)
+    with pytest.raises(raised) as e:
+        fit(config())
+    assert type(e.value) is raised and "out of memory" in str(e.value)

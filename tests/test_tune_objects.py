@@ -117,7 +117,7 @@ def test_schedulers():
     assert isinstance(make_scheduler(load_spec(None)), FIFOScheduler)
     asha = make_scheduler(load_spec("flowers102"))
     assert isinstance(asha, ASHAScheduler)
-    assert asha._time_attr == "training_iteration"
+    assert asha._time_attr == "epoch"
     assert (asha._metric, asha._mode, asha._max_t) == ("val_accuracy", "max", 300)
     assert min(milestone for milestone, _ in asha._brackets[0]._rungs) == 30  # grace period
 
@@ -140,9 +140,9 @@ def _state(searcher: BudgetAwareOptunaSearch, number: int) -> optuna.trial.Froze
 def test_trial_stopped_before_full_budget_is_pruned():
     s = _tpe_with_asha()
     s.suggest("stopped")
-    s.on_trial_result("stopped", {"val_accuracy": 0.2, "training_iteration": 29})
+    s.on_trial_result("stopped", {"val_accuracy": 0.2, "epoch": 29})
     # ASHA stops it at 30: Tune skips on_trial_result for that result and completes it
-    s.on_trial_complete("stopped", {"val_accuracy": 0.3, "training_iteration": 30})
+    s.on_trial_complete("stopped", {"val_accuracy": 0.3, "epoch": 30})
     trial = _state(s, 0)
     assert trial.state == TrialState.PRUNED
     assert trial.intermediate_values == {29: 0.2, 30: 0.3}
@@ -152,8 +152,8 @@ def test_trial_stopped_before_full_budget_is_pruned():
 def test_trial_at_full_budget_is_complete():
     s = _tpe_with_asha()
     s.suggest("full")
-    s.on_trial_result("full", {"val_accuracy": 0.8, "training_iteration": 299})
-    s.on_trial_complete("full", {"val_accuracy": 0.9, "training_iteration": 300})
+    s.on_trial_result("full", {"val_accuracy": 0.8, "epoch": 299})
+    s.on_trial_complete("full", {"val_accuracy": 0.9, "epoch": 300})
     assert _state(s, 0).state == TrialState.COMPLETE
     assert _state(s, 0).value == 0.9
 
@@ -163,20 +163,72 @@ def test_early_stopped_failed_and_repeated_trials():
     for t in ("early", "failed"):
         s.suggest(t)
     # the trainer's own early stop: its final report carries test_accuracy
-    s.on_trial_complete(
-        "early", {"val_accuracy": 0.6, "training_iteration": 50, "test_accuracy": 0.61}
-    )
+    s.on_trial_complete("early", {"val_accuracy": 0.6, "epoch": 50, "test_accuracy": 0.61})
     s.on_trial_complete("failed", error=True)
-    s.on_trial_complete("early", {"val_accuracy": 0.6, "training_iteration": 50})  # ignored
+    s.on_trial_complete("early", {"val_accuracy": 0.6, "epoch": 50})  # ignored
     assert [t.state for t in s._ot_study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
 
 
 def test_pruned_state_survives_save_and_restore(tmp_path):
     s = _tpe_with_asha()
     s.suggest("a")
-    s.on_trial_complete("a", {"val_accuracy": 0.3, "training_iteration": 30})
+    s.on_trial_complete("a", {"val_accuracy": 0.3, "epoch": 30})
     s.save(str(tmp_path / "searcher.pkl"))
     restored = make_searcher(load_spec("flowers102"))
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert [t.state for t in restored._ot_study.trials] == [TrialState.PRUNED]
     assert restored._full_budget == 300
+
+
+def test_a_trial_that_failed_for_good_is_told_fail():
+    # orchestrator.worker's one report of a diverged trial: objectives NaN, the reason
+    s = _tpe_with_asha()
+    s.suggest("nan")
+    record = {"val_accuracy": float("nan"), "failure_reason": "diverged"}
+    s.on_trial_result("nan", record)
+    s.on_trial_complete("nan", record)
+    trial = _state(s, 0)
+    assert trial.state == TrialState.FAIL and trial.intermediate_values == {}
+
+
+# --------------------------------------------------------------------------------------
+# budgets in epochs: a trial Tune restarts counts its iterations from 1 again, while Ray
+# Train resumes it at its checkpoint's epoch
+
+
+def _restarted(epochs_before: int, epochs_after: range) -> list[dict]:
+    """The results Tune sees of a trial restarted after `epochs_before` epochs, resumed
+    from a checkpoint at epoch epochs_after.start - 1."""
+    before = [{"epoch": e, "training_iteration": e} for e in range(1, epochs_before + 1)]
+    after = [{"epoch": e, "training_iteration": i} for i, e in enumerate(epochs_after, 1)]
+    return before + after
+
+
+def test_asha_rungs_follow_the_epoch_after_a_tune_restart():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    asha = make_scheduler(load_spec("flowers102"))  # grace 30, max_t 300, val_accuracy max
+    good, bad = (
+        Trial("__fake", trial_id="good", stub=True),
+        Trial("__fake", trial_id="bad", stub=True),
+    )
+    for t in (good, bad):
+        asha.on_trial_add(None, t)
+    for r in _restarted(0, range(1, 31)):  # good: 0.9 at epoch 30
+        assert asha.on_trial_result(None, good, {**r, "val_accuracy": 0.9}) == "CONTINUE"
+    # bad: restarted by Tune at epoch 20 and resumed from its epoch-10 checkpoint.
+    decisions = {}
+    for r in _restarted(20, range(11, 31)):
+        decisions[r["epoch"]] = asha.on_trial_result(None, bad, {**r, "val_accuracy": 0.1})
+    # Counted in iterations, the second attempt would reach rung 30 only at epoch 40.
+    assert decisions[30] == TrialScheduler.STOP
+    assert all(d == TrialScheduler.CONTINUE for e, d in decisions.items() if e < 30)
+
+
+def test_optuna_steps_are_epochs_once_each_after_a_tune_restart():
+    s = _tpe_with_asha()
+    s.suggest("t")
+    for r in _restarted(12, range(11, 16)):
+        s.on_trial_result("t", {**r, "val_accuracy": r["epoch"] / 100})
+    assert _state(s, 0).intermediate_values == {e: e / 100 for e in range(1, 16)}

@@ -128,9 +128,11 @@ def analyze_checkpoint(
     threshold: float = SHP_THRESHOLD,
     device: str | torch.device = "auto",
     options: ShpOptions | None = None,
+    data: DeviceData | None = None,
 ) -> dict[str, Any]:
     """analyze_model on a checkpoint folder: rebuild the model, check the blocks, then load
-    the dataset its config names (same split seed, so the same held-out images).
+    the dataset its config names (same split seed, so the same held-out images), unless
+    `data` is that dataset already on `device` (the training run's own copy).
     device "auto" is the current CUDA device when there is one, else the CPU."""
     from cct.checkpoint import load_model
     from cct.config import TrainConfig
@@ -146,7 +148,8 @@ def analyze_checkpoint(
     if units not in UNITS:
         raise AnalysisError(f"units={units!r}: choose from {', '.join(UNITS)}")
     resolve_blocks(model, blocks if isinstance(blocks, str) else list(blocks))  # before data
-    data = load_dataset(TrainConfig.from_dict(description["config"]).data, device)
+    if data is None:
+        data = load_dataset(TrainConfig.from_dict(description["config"]).data, device)
     return analyze_model(
         model.to(device),
         data,
