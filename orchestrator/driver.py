@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from orchestrator.tracking import (
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
+from orchestrator.worker import SIMULATED_GPUS_ENV
 from search_spaces import SweepSpec
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers hold the CPUs
@@ -142,6 +144,7 @@ def run_sweep(
             parent_run_id=parent_run_id,
             train_storage=f"{spec.storage_path.rstrip('/')}/{ray_experiment}-train",
             latency_shared=max_concurrent(spec) > 1 or spec.resources.gpus_per_worker < 1,
+            simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
         )
         trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
         experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"

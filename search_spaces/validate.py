@@ -594,6 +594,12 @@ def _parse_resources(raw: Any, errors: list[str]) -> ResourcesSpec:
     }
     f = _fields(raw, "resources", schema, errors)
     gpus, workers = f["gpus_per_worker"], f["workers_per_trial"]
+    if gpus > 1:
+        errors.append(
+            f"resources.gpus_per_worker: {gpus:g}, but each worker trains on one GPU (one"
+            " rank per GPU); for a trial on N GPUs set workers_per_trial=N and"
+            " gpus_per_worker=1"
+        )
     if workers > 1 and gpus != int(gpus):
         errors.append(
             f"resources.gpus_per_worker: {gpus:g} with workers_per_trial={workers}: each worker"

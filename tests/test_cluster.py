@@ -105,7 +105,13 @@ def ray_cluster():
 
 
 def _sweep_env(tracking_uri: str, storage: Path) -> dict[str, str]:
-    return {**local_env(), "MLFLOW_TRACKING_URI": tracking_uri, "CCT_STORAGE_PATH": str(storage)}
+    # The nodes' GPUs are logical: the workers train on the CPU underneath.
+    return {
+        **local_env(),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "CCT_STORAGE_PATH": str(storage),
+        "CCT_SIMULATED_GPUS": "1",
+    }
 
 
 def _client(url: str):
