@@ -109,6 +109,19 @@ def check_fit(spec: SweepSpec, address: str) -> tuple[list[str], str]:
     )
 
 
+def fit_watching(
+    tuner: tune.Tuner, spec: SweepSpec, capacity: Capacity
+) -> tuple[tune.ResultGrid, str | None]:
+    """(results, why it stopped early): `tuner.fit()`, and on a cluster that grows the
+    storage probe of each node that joins meanwhile."""
+    if not capacity.can_grow:
+        return tuner.fit(), None
+    print(describe_growth(capacity), flush=True)
+    with NodeWatcher(spec.storage_path) as watcher:
+        results = tuner.fit()
+    return results, watcher.problem
+
+
 def describe_growth(capacity: Capacity) -> str:
     top = capacity.largest()
     kinds = ", ".join(f"{t.text()} x{t.max_count}" for t in capacity.node_types)
@@ -220,15 +233,10 @@ def run_sweep(
                     failure_config=tune.FailureConfig(max_failures=2),
                 ),
             )
-        if capacity.can_grow:
-            print(describe_growth(capacity), flush=True)
-            with NodeWatcher(spec.storage_path) as watcher:
-                results = tuner.fit()
-            if watcher.problem:
-                set_status(client, parent_run_id, "FAILED")
-                raise SweepRefused(f"{watcher.problem}; the sweep stopped: fix it, then --resume")
-        else:
-            results = tuner.fit()
+        results, problem = fit_watching(tuner, spec, capacity)
+        if problem:
+            set_status(client, parent_run_id, "FAILED")
+            raise SweepRefused(f"{problem}; the sweep stopped: fix it, then --resume")
     finally:
         ray.shutdown()
     summary = summarize(spec, results, client, experiment_id, parent_run_id)
