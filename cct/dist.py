@@ -23,18 +23,25 @@ class Rank:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> tuple[Rank, torch.device]:
-    """Join the process group if the environment asks for one; pick this rank's device."""
+def setup(device: str | torch.device = "auto") -> tuple[Rank, torch.device]:
+    """Join the process group if the environment asks for one; pick this rank's device.
+
+    `device` is a config choice ("auto", "cpu", "cuda": from LOCAL_RANK, as under torchrun)
+    or a torch.device a scheduler already assigned (Ray Train's workers), used as given.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = resolve_device(device).type == "cuda"  # DeviceUnavailable: cuda asked, none seen
-    dev = torch.device(
-        f"cuda:{local_rank % max(1, torch.cuda.device_count())}" if use_cuda else "cpu"
-    )
-    if use_cuda:
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        use_cuda = resolve_device(device).type == "cuda"  # DeviceUnavailable: cuda, none seen
+        dev = torch.device(
+            f"cuda:{local_rank % max(1, torch.cuda.device_count())}" if use_cuda else "cpu"
+        )
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     if dist.is_initialized():
         return Rank(dist.get_rank(), dist.get_world_size(), local_rank), dev
     return Rank(0, 1, 0), dev

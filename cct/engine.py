@@ -221,16 +221,18 @@ def fit(
     resume_from: Path | None = None,
     data: DeviceData | None = None,
     latency_shared: bool = False,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` to the end (or early stop) and return the final result on every rank.
 
     `resume_from` is a checkpoint folder written by an earlier call; training continues
     with the epoch after the one it holds. The last epoch is evaluated, checkpointed and
     reported before `on_end` (where a sweep runs its analysis): a crash in `on_end`
-    resumes from that checkpoint without training again.
+    resumes from that checkpoint without training again. `device` is one a scheduler
+    assigned (Ray Train's workers); None picks it from `cfg.device`.
     """
     callbacks = callbacks or NoCallbacks()
-    rank, device = dist.setup(cfg.device)
+    rank, device = dist.setup(cfg.device if device is None else device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     allow_tf32(device)
     data = data or load_dataset(cfg.data, device)

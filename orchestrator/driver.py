@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +22,13 @@ from ray.tune import Callback
 from analysis.runs import SWEEP_DIR
 from cct.checkpoint import git_commit
 from orchestrator.callbacks import Interruption, MlflowStatusCallback
-from orchestrator.cluster import cluster_problems
+from orchestrator.cluster import (
+    Capacity,
+    NodeWatcher,
+    capacity_problems,
+    cluster_capacity,
+    cluster_problems,
+)
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
 from orchestrator.summary import print_best, print_summary, summarize
 from orchestrator.tracking import (
@@ -35,6 +42,7 @@ from orchestrator.tracking import (
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
+from orchestrator.worker import SIMULATED_GPUS_ENV
 from search_spaces import SweepSpec
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers hold the CPUs
@@ -44,6 +52,10 @@ TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers 
 # waits for that poll: with one report per epoch, short epochs would spend most of their
 # time waiting. A quicker poll costs the controller next to nothing.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# On a cluster, a trial's worker group may wait for a node the autoscaler is booting (a GPU
+# instance with its setup takes minutes): Train's 60 s default would tear the placement
+# group down and rebuild it every minute meanwhile.
+CLUSTER_RAY_ENV = {**RAY_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
 # On a local instance nothing is preempted, and every helper actor is one more Python
 # process to start per trial on a laptop's few cores.
 LOCAL_RAY_ENV = {**RAY_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -57,7 +69,9 @@ def start_ray(address: str | None) -> None:
     """A fresh local instance unless an address is given: a stale cluster file on the
     machine must never make us join a dead or unrelated cluster."""
     if address is not None:
-        ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": RAY_ENV})
+        ray.init(
+            address=address, logging_level="WARNING", runtime_env={"env_vars": CLUSTER_RAY_ENV}
+        )
         return
     ray.init(
         address="local",
@@ -70,16 +84,59 @@ def start_ray(address: str | None) -> None:
     )
 
 
-def max_concurrent(spec: SweepSpec) -> int:
-    """resources.max_concurrent_trials, or as many trials as the cluster's CPUs/GPUs fit."""
+def max_concurrent(spec: SweepSpec, capacity: Capacity) -> int:
+    """resources.max_concurrent_trials, or as many trials as the cluster's CPUs/GPUs fit
+    (at its largest on a cluster that grows: the trials beyond today's nodes wait, and
+    their demand is what makes the autoscaler add nodes)."""
     r = spec.resources
     if r.max_concurrent_trials:
         return r.max_concurrent_trials
-    res = ray.cluster_resources()
+    res = capacity.largest()
     fits = (res.get("CPU", 1) - TRIAL_CPU) // (r.cpus_per_worker * r.workers_per_trial + TRIAL_CPU)
     if r.gpus_per_worker > 0:
         fits = min(fits, res.get("GPU", 0) // (r.gpus_per_worker * r.workers_per_trial))
     return max(1, int(fits))
+
+
+def check_fit(spec: SweepSpec, address: str) -> tuple[list[str], str]:
+    """(problems, one plan line): the sweep's resources against the cluster at `address`,
+    for --dry-run; nothing is written anywhere."""
+    start_ray(address)
+    try:
+        capacity = cluster_capacity()
+        problems = capacity_problems(spec, capacity)
+    finally:
+        ray.shutdown()
+    if capacity.can_grow:
+        where = describe_growth(capacity).split(" (", 1)[0].removeprefix("The cluster can grow")
+        return problems, f"  resource fit   checked: the cluster can grow{where}"
+    now = capacity.now
+    return problems, (
+        f"  resource fit   checked: the cluster at {address} has {now.get('CPU', 0):g} CPUs"
+        f" and {now.get('GPU', 0):g} GPUs"
+    )
+
+
+def fit_watching(
+    tuner: tune.Tuner, spec: SweepSpec, capacity: Capacity
+) -> tuple[tune.ResultGrid, str | None]:
+    """(results, why it stopped early): `tuner.fit()`, and on a cluster that grows the
+    storage probe of each node that joins meanwhile."""
+    if not capacity.can_grow:
+        return tuner.fit(), None
+    print(describe_growth(capacity), flush=True)
+    with NodeWatcher(spec.storage_path) as watcher:
+        results = tuner.fit()
+    return results, watcher.problem
+
+
+def describe_growth(capacity: Capacity) -> str:
+    top = capacity.largest()
+    kinds = ", ".join(f"{t.text()} x{t.max_count}" for t in capacity.node_types)
+    return (
+        f"The cluster can grow to {top['CPU']:g} CPUs and {top['GPU']:g} GPUs ({kinds}; from "
+        f"{capacity.source}): trials wait while the autoscaler boots their nodes."
+    )
 
 
 def open_parent_run(
@@ -123,7 +180,12 @@ def open_parent_run(
 
 
 def make_tuner(
-    spec: SweepSpec, trainable: Any, experiment_path: str, callbacks: list[Callback], name: str
+    spec: SweepSpec,
+    trainable: Any,
+    experiment_path: str,
+    callbacks: list[Callback],
+    name: str,
+    capacity: Capacity,
 ) -> tune.Tuner:
     """The sweep's Tuner, restored from Tune's saved state when there is one."""
     if tune.Tuner.can_restore(experiment_path):
@@ -141,7 +203,7 @@ def make_tuner(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             num_samples=spec.tune.num_samples,
-            max_concurrent_trials=max_concurrent(spec),
+            max_concurrent_trials=max_concurrent(spec, capacity),
             time_budget_s=spec.tune.time_budget_s,
             trial_name_creator=lambda t: f"trial-{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
@@ -176,7 +238,8 @@ def run_sweep(
     # The cluster first: a sweep it cannot run is refused before anything is written.
     try:
         start_ray(address)
-        problems = cluster_problems(spec, tracking_uri)
+        capacity = cluster_capacity()
+        problems = cluster_problems(spec, tracking_uri, capacity)
         if problems:
             raise SweepRefused("; ".join(problems))
         # Then MLflow, in this one process: several processes creating a new sqlite store
@@ -198,7 +261,8 @@ def run_sweep(
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
             train_storage=f"{spec.storage_path.rstrip('/')}/{ray_experiment}-train",
-            latency_shared=max_concurrent(spec) > 1 or spec.resources.gpus_per_worker < 1,
+            latency_shared=max_concurrent(spec, capacity) > 1 or spec.resources.gpus_per_worker < 1,
+            simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
         )
         trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
         tuner = make_tuner(
@@ -207,9 +271,13 @@ def run_sweep(
             f"{spec.storage_path.rstrip('/')}/{ray_experiment}",
             [MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id), interruption],
             ray_experiment,
+            capacity,
         )
         with quiet_tune_restore_hint():
-            results = tuner.fit()
+            results, problem = fit_watching(tuner, spec, capacity)
+        if problem:  # a node that cannot see the storage stopped it: not an interruption
+            set_status(client, parent_run_id, "FAILED")
+            raise SweepRefused(f"{problem}; the sweep stopped: fix it, then --resume")
     except KeyboardInterrupt:
         Interruption.record(signal.SIGINT)
     finally:

@@ -51,9 +51,30 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "orchestrator.sweep", *args, "--resume"])
 
 
+def dry_run(spec, tracking_uri: str, address: str | None) -> int:
+    """The plan; the resource fit checked against the cluster at `address`, or stated as
+    unchecked (a cluster sweep file is written on a laptop that cannot run it)."""
+    from search_spaces import format_plan
+
+    if address is None:
+        fit = (
+            "  resource fit   unchecked: no --address (given one, the plan is checked against"
+            " what that cluster has or can grow to; run here, against this machine)"
+        )
+    else:
+        from orchestrator.driver import check_fit
+
+        errors, fit = check_fit(spec, address)
+        if errors:
+            fail(*errors)
+    print(format_plan(spec, tracking_uri=tracking_uri))
+    print(fit)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from search_spaces import SpecError, check_resources, format_plan, load_spec
+    from search_spaces import SpecError, check_resources, load_spec
 
     try:
         spec = load_spec(
@@ -66,15 +87,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()  # $MLFLOW_TRACKING_URI
     address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if args.dry_run:
+        return dry_run(spec, tracking_uri, address)
     if address is None:
         import torch
 
         errors = check_resources(spec, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
         if errors:
             fail(*errors)
-    if args.dry_run:
-        print(format_plan(spec, tracking_uri=tracking_uri))
-        return 0
 
     from orchestrator.driver import SweepRefused, run_sweep
 

@@ -35,6 +35,7 @@ class SweepContext:
     train_storage: str  # where the inner Train runs keep their checkpoints
     latency_shared: bool
     max_worker_failures: int = 3
+    simulated_gpus: bool = False  # $CCT_SIMULATED_GPUS=1 for the driver: logical GPUs
 
 
 class HoldingTuneReport(TuneReportCallback):
@@ -82,6 +83,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "latency_shared": ctx.latency_shared,
             "objectives": [name for name, _ in spec.objectives],
             "gpus_per_worker": res.gpus_per_worker,
+            "simulated_gpus": ctx.simulated_gpus,
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),
         scaling_config=ScalingConfig(

@@ -9,6 +9,7 @@ normally with a failure record: Ray Train's failure policy retries every error i
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
 from ray.train import Checkpoint
@@ -36,6 +38,38 @@ HELD = "held_from_tune"
 FAILED = FAILURE_TAG  # in the one report of a trial that failed for good: its reason
 OOM_RETRY_TAG = "oom_retry"  # set when a shared GPU's out-of-memory was retried once
 OOM_WAIT_S = 600  # how long a retry waits for a neighbour to release its memory
+
+SIMULATED_GPUS_ENV = "CCT_SIMULATED_GPUS"  # "1": Ray's GPUs are logical (tests on CPU)
+
+
+class GpuUnusable(RuntimeError):
+    """Ray gave this worker a GPU that CUDA cannot use (no driver, a mismatched one)."""
+
+
+def assigned_device(gpu_ids: list[str], *, simulated: bool) -> torch.device:
+    """The device this worker trains on, from the GPU ids Ray assigned it.
+
+    No GPU assigned: the CPU, even on a GPU machine (Ray leaves CUDA_VISIBLE_DEVICES alone
+    for workers given no GPU, so CUDA would still show the node's GPUs, reserved by
+    others). A GPU assigned but unusable: fail now, rather than train on the CPU alone or
+    crash later in NCCL. `simulated` (logical GPUs): the CPU underneath.
+    """
+    if not gpu_ids or simulated:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise GpuUnusable(
+            f"Ray assigned GPU {','.join(gpu_ids)} to this worker on node "
+            f"{ray.util.get_node_ip_address()}, but CUDA is unusable there (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): check the "
+            f"node's NVIDIA driver against that build; {SIMULATED_GPUS_ENV}=1 is only for "
+            "clusters whose GPUs are logical"
+        )
+    return ray.train.torch.get_device()
+
+
+def simulated_gpus(config: dict[str, Any]) -> bool:
+    """Set for the sweep driver (passed in `config`) or in this node's environment."""
+    return bool(config.get("simulated_gpus")) or os.environ.get(SIMULATED_GPUS_ENV) == "1"
 
 
 class RayCallbacks:
@@ -161,7 +195,8 @@ def _fit(
     """Run the trainer; (reason, message) for a failure no retry heals, else None."""
     checkpoint = ray.train.get_checkpoint()
     try:
-        _, device = dist.setup(cfg.device)
+        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        _, device = dist.setup(assigned_device(gpu_ids, simulated=simulated_gpus(config)))
         data = load_dataset(cfg.data, device)  # the analysis reuses it
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
             fit(
@@ -170,11 +205,14 @@ def _fit(
                 resume_from=Path(folder) if folder else None,
                 data=data,
                 latency_shared=config.get("latency_shared", False),
+                device=device,
             )
     except TrainingDiverged as e:
         return "diverged", str(e)
     except ConfigError as e:
         return "config", str(e)
+    except GpuUnusable as e:  # the node's driver: another attempt on it fails the same way
+        return "gpu_unusable", str(e)
     except OutOfMemoryAtStart as e:
         return out_of_memory(config, tracker, e, world)
     return None

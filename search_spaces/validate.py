@@ -474,6 +474,14 @@ def _parse_resources(raw: Any, errors: list[Problem]) -> ResourcesSpec:
     section = _mapping(raw, "resources", errors) or {}
     r = ResourcesSpec(**_read(ResourcesSpec, section, "resources", errors))
     gpus, workers = r.gpus_per_worker, r.workers_per_trial
+    if gpus > 1:
+        errors.append(
+            Problem(
+                "resources.gpus_per_worker",
+                f"{gpus:g}, but each worker trains on one GPU (one rank per GPU); for a trial"
+                " on N GPUs set workers_per_trial=N and gpus_per_worker=1",
+            )
+        )
     if workers > 1 and gpus != int(gpus):
         errors.append(
             Problem(

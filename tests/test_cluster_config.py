@@ -109,3 +109,13 @@ def test_probe_fails_when_the_driver_cannot_write(tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError):
         nodes_not_seeing(str(blocker / "sub"), ["a"], ask=lambda *a: {})
+
+
+def test_every_node_fetches_the_shipped_datasets(config):
+    setup = _commands(config, "worker_setup_commands")
+    shipped = {
+        yaml.safe_load(p.read_text())["base"]["data"]["dataset"]
+        for p in (ROOT / "search_spaces").glob("*.yaml")
+    }
+    fetched = set(re.search(r"python -m cct\.data ([\w ]+)", setup).group(1).split())
+    assert shipped - {"digits", "synthetic"} <= fetched, (shipped, fetched)

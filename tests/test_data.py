@@ -1,10 +1,14 @@
 """Datasets, splits and batch index streams. CIFAR and Flowers-102 are faked as tiny
 archives in the standard layouts, so nothing is downloaded."""
 
+import fcntl
 import hashlib
 import io
+import multiprocessing
+import os
 import pickle
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +384,52 @@ def test_fetch_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
         main(["imagenet"])
     assert e.value.code == 2
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# one download per node: concurrent trials wait for the first one's files
+
+
+def _read_in_child(cfg: DataConfig, out: Path) -> None:
+    try:
+        raw = sources.read_cifar(cfg)
+        out.write_text(str(len(raw.train.y)))
+    except Exception as e:  # the parent asserts on what was written
+        out.write_text(f"error: {e}")
+
+
+def test_two_processes_download_once(tmp_path, monkeypatch):
+    src, root = tmp_path / "src", tmp_path / "root"
+    write_cifar(src, True)
+    trust(monkeypatch, src)
+    calls = tmp_path / "calls"
+
+    def slow_download(c100, dest):  # half-written files for a while, as a real download
+        with calls.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        (dest / "cifar-100-python").mkdir(parents=True)
+        for name in ("train", "test"):
+            time.sleep(0.5)
+            (dest / "cifar-100-python" / name).write_bytes(
+                (src / "cifar-100-python" / name).read_bytes()
+            )
+
+    monkeypatch.setattr(sources, "_torchvision_cifar", slow_download)
+    cfg = DataConfig(dataset="cifar100", root=str(root), download=True)
+    ctx = multiprocessing.get_context("fork")  # children inherit the patched download
+    procs = [ctx.Process(target=_read_in_child, args=(cfg, tmp_path / f"out{i}")) for i in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [(tmp_path / f"out{i}").read_text() for i in (0, 1)] == ["6", "6"]
+    assert len(calls.read_text().splitlines()) == 1  # the second process waited, then read
+
+
+def test_a_waiter_gives_up_with_the_lock_named(tmp_path):
+    (tmp_path / ".cifar10.lock").touch()
+    with open(tmp_path / ".cifar10.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError, match=r"waited 0.5 s .*\.cifar10\.lock"):
+            with sources.node_lock("cifar10", tmp_path, timeout_s=0.5):
+                pass

@@ -12,6 +12,7 @@ every file read is checked against its published md5. Any problem is a one-line 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -20,8 +21,10 @@ import re
 import socket
 import tarfile
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: an unreachable host fails instead of hanging
+LOCK_TIMEOUT_S = 3600.0  # waiting for another process's download (Flowers-102 is 330 MB)
 
 
 @dataclass
@@ -160,6 +164,44 @@ def _missing(name: str, root: Path, expected: str, why: str) -> DatasetError:
     return DatasetError(f"{name}: not found under {root} (expected {expected}); {why}")
 
 
+@contextmanager
+def node_lock(name: str, root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold `root`/.{name}.lock: one process per node downloads or extracts a dataset
+    (several trials on one multi-GPU node would otherwise write the same archive at
+    once); the others wait here, then find the files in place. An advisory flock, which
+    the kernel drops when its holder dies, so a killed download never blocks the next."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "a") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatasetError(
+                        f"{name}: waited {timeout_s:g} s for another process's download into "
+                        f"{root} (lock {f.name}); is it stuck?"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_present(
+    name: str, root: Path, present: Callable[[], bool], obtain: Callable[[], None]
+) -> None:
+    """`obtain()` the files unless `present()`, under the node's lock for `name`, checking
+    again once the lock is held: whoever waited finds the files another process fetched."""
+    if present():
+        return
+    with node_lock(name, root):
+        if not present():
+            obtain()
+
+
 def _download(name: str, root: Path, expected: str, fetch: Callable[[], None]) -> None:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -218,16 +260,22 @@ def read_cifar(cfg: DataConfig) -> Raw:
     files = [f"{folder}/{f}" for f in [*train_files, test_file]]
     expected = f"{folder}/{{{','.join([*train_files, test_file])}}} or {archive}"
 
-    if not all((root / f).is_file() for f in files):
+    def present() -> bool:
+        return all((root / f).is_file() for f in files)
+
+    def obtain() -> None:
         if (root / archive).is_file():
             extract(name, root, archive)
         elif cfg.download:
-            root.mkdir(parents=True, exist_ok=True)
             _download(name, root, expected, lambda: _torchvision_cifar(c100, root))
         else:
             raise _missing(name, root, expected, "download=False")
-        if not all((root / f).is_file() for f in files):
+        if not present():
             raise _missing(name, root, expected, "still missing after extract/download")
+
+    if not present() and not (root / archive).is_file() and not cfg.download:
+        raise _missing(name, root, expected, "download=False")  # nothing to lock for
+    ensure_present(name, root, present, obtain)
 
     def part(rels: list[str]) -> Part:
         xs, ys = [], []
@@ -338,13 +386,14 @@ def read_flowers(cfg: DataConfig) -> Raw:
         mats = (folder / "imagelabels.mat").is_file() and (folder / "setid.mat").is_file()
         return has_images and mats
 
-    if not present():
-        if not cfg.download:
-            raise _missing(name, root, expected, "download=False")
-        root.mkdir(parents=True, exist_ok=True)
+    def obtain() -> None:
         _download(name, root, expected, lambda: _torchvision_flowers(root))
         if not present():
             raise _missing(name, root, expected, "still missing after download")
+
+    if not present() and not cfg.download:
+        raise _missing(name, root, expected, "download=False")
+    ensure_present(name, root, present, obtain)
 
     try:
         from scipy.io import loadmat
