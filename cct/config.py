@@ -179,6 +179,9 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=at_least(1))
     checkpoint_every: CheckpointEvery = field(default_factory=CheckpointEvery)
     latency_runs: int = field(default=100, metadata=at_least(1))
+    # Start from these weights (epoch 1, a fresh optimizer): a state dict in the CCT authors'
+    # layout (cct/models/authors.py), or one of our checkpoint folders. A resume ignores it.
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

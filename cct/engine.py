@@ -42,6 +42,7 @@ from cct.data import (
 from cct.device import allow_tf32, autocast, use_bf16
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import CCT, create_model
+from cct.models.authors import init_weights
 from cct.optim import lr_at, make_optimizer
 
 
@@ -336,6 +337,10 @@ def setup_run(
     model = build_model(cfg, data).to(device)
     info = describe(model, cfg=cfg, data=data, rank=rank, bf16=bf16, latency_shared=latency_shared)
 
+    if cfg.init_from is not None and resume_from is None:
+        info["init_from"] = init_weights(
+            model, cfg.init_from, variant=cfg.model.variant
+        )  # epoch 1, a fresh optimizer
     optimizer = make_optimizer(model, cfg.optim, device)
     progress, step, best_state = Progress(), 0, None
     if resume_from is not None:

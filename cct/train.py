@@ -43,6 +43,8 @@ class ConsoleCallbacks:
                 f"{info['world_size']} process(es)",
                 flush=True,
             )
+            if "init_from" in info:
+                print(f"weights from {info['init_from']}; epoch 1, a fresh optimizer", flush=True)
             (self.out / "info.json").write_text(json.dumps(info, indent=2))
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:

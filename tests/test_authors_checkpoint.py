@@ -121,3 +121,57 @@ def test_shp_cli_analyses_an_authors_file_on_test_and_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a wrong class count: one line, exit 2
         main([*argv[:4], "--num-classes", "7", "--dataset", "synthetic", "--out", str(out)])
     assert "classifier.fc has 10 outputs" in capsys.readouterr().err
+
+
+class KeepWeights:
+    """Callbacks that keep each epoch's weights and the start info (the folders are temporary)."""
+
+    def __init__(self) -> None:
+        self.info, self.epochs, self.weights = None, [], None
+
+    def on_start(self, info):
+        self.info = info
+
+    def on_epoch_end(self, metrics, checkpoint):
+        self.epochs.append(metrics["epoch"])
+        if checkpoint is not None:
+            self.weights = torch.load(checkpoint / "model.pt", weights_only=True)
+
+    def on_end(self, result, artifacts):
+        pass
+
+
+def test_training_starts_from_an_authors_checkpoint_at_epoch_one(tmp_path):
+    from cct.config import ConfigError, TrainConfig
+    from cct.data import load_dataset
+    from cct.engine import build_model, fit
+
+    cfg = TrainConfig().replace(
+        **{
+            "data.dataset": "digits",
+            "model.variant": "cct_2_3x2_32",
+            "model.tokenizer_layers": 1,
+            "model.embed_dim": 32,
+            "optim.epochs": 2,
+            "optim.lr": 0.0,  # frozen: the weights trained are the weights loaded
+            "optim.min_lr": 0.0,
+            "device": "cpu",
+            "precision": "fp32",
+            "latency_runs": 1,
+        }
+    )
+    torch.manual_seed(123)  # weights no fresh model of the run would draw
+    theirs = build_model(cfg, load_dataset(cfg.data))
+    write_authors_layout(theirs, tmp_path / "theirs.pth")
+    keep = KeepWeights()
+    fit(cfg.replace(init_from=str(tmp_path / "theirs.pth")), callbacks=keep)
+    assert keep.epochs == [1, 2] and keep.info["first_epoch"] == 1
+    assert "CCT authors' checkpoint as cct_2_3x2_32" in keep.info["init_from"]
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(keep.weights[k], v, rtol=0, atol=0)
+    # Weights of another shape, or no file: one error naming init_from.
+    wide = cfg.replace(**{"model.embed_dim": 64, "init_from": str(tmp_path / "theirs.pth")})
+    with pytest.raises(ConfigError, match="init_from: .* does not fit the model"):
+        fit(wide, callbacks=KeepWeights())
+    with pytest.raises(ConfigError, match="init_from: .* does not exist"):
+        fit(cfg.replace(init_from=str(tmp_path / "none.pth")), callbacks=KeepWeights())

@@ -214,6 +214,28 @@ def load_authors_checkpoint(
     return AuthorsModel(model.eval(), variant, num_classes, pe, tuple(inferred))
 
 
+def init_weights(model: CCT, path: str | Path, *, variant: str) -> str:
+    """Load the weights at `path` into `model` (built from the run's config), in place, and
+    say where they came from: a folder of ours (its model.pt) or a state dict in the authors'
+    layout. ConfigError naming `init_from` when they do not fit the model."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"init_from: {str(path)!r} does not exist")
+    try:
+        if path.is_dir():
+            sd = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            how = f"our checkpoint {path}"
+        else:
+            s = model.settings
+            theirs = load_authors_checkpoint(path, variant=variant, num_classes=s.num_classes)
+            sd, how = theirs.model.state_dict(), theirs.describe()
+        model.load_state_dict(sd)
+    except (AuthorsCheckpointError, RuntimeError, FileNotFoundError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"init_from: {str(path)!r} does not fit the model: {first}") from None
+    return how
+
+
 def _pos_embedding(table: torch.Tensor | None, dim: int) -> str:
     if table is None:
         return "none"
