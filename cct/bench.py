@@ -22,6 +22,7 @@ import torch
 from cct.cli import OneLineParser, fail
 from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, parse_override, set_dotted
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
+from cct.data.augment import recipe_augment
 from cct.data.shapes import dataset_shape
 from cct.device import allow_tf32, resolve_device, sync, use_bf16
 from cct.engine import make_trainer
@@ -50,9 +51,7 @@ PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
 ]
 
 # The SPEC section 3 recipe (CIFAR): what a sweep trial's step actually pays for.
-RECIPE_AUGMENT = AugmentSpec(
-    crop_padding=4, flip=True, mixup=0.8, cutmix=1.0, erase_prob=0.25, label_smoothing=0.1
-)
+RECIPE_AUGMENT = recipe_augment("cct300", 32)  # RandomResizedCrop + RandAugment included
 # The schedule's epoch in a benchmark: CIFAR's 50,000 training images at the timed batch, so
 # the learning rate moves per step as it does in a CIFAR run of the recipe.
 RECIPE_TRAIN_IMAGES = 50_000

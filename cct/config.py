@@ -23,6 +23,10 @@ DatasetName = Literal["digits", "synthetic", "cifar10", "cifar100", "flowers102"
 DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 FinalWeights = Literal["final", "best"]
+# Augmentation recipes (SPEC 3): the CCT authors' 300-epoch CIFAR config (RandomResizedCrop,
+# RandAugment) and their older 200-epoch examples (4-pixel padded crop).
+AugmentRecipe = Literal["cct300", "cct200"]
+CropKind = Literal["pad", "resized"]
 # The SHP analysis' choices, stated once here, the lowest layer: analysis/shp checks them, the
 # sweep file's `analysis:` section and `python -m analysis.shp` offer them.
 ShpUnits = Literal["heads", "nodes", "ff"]
@@ -114,13 +118,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    # None means "the dataset's default" (see DATASETS in cct/data/sources.py).
+    # None means "the recipe's value": `recipe`'s when set, else the dataset's own defaults
+    # (see DATASETS in cct/data/sources.py; CIFAR's is cct300).
+    recipe: AugmentRecipe | None = None
+    crop: CropKind | None = None  # padded shift, or RandomResizedCrop
     crop_padding: int | None = field(default=None, metadata=at_least(0))
+    # RandomResizedCrop's smallest area fraction, up to 1.0
+    crop_scale_min: float | None = field(
+        default=None, metadata=within(0, 1, low_open=True, high_open=False)
+    )
     flip: bool | None = None
     mixup: float | None = field(default=None, metadata=at_least(0))  # a Beta alpha
     cutmix: float | None = field(default=None, metadata=at_least(0))  # a Beta alpha
     erase_prob: float | None = field(default=None, metadata=PROBABILITY)
     label_smoothing: float | None = field(default=None, metadata=FRACTION)
+    randaugment: str | None = None  # timm's policy string, e.g. rand-m9-mstd0.5-inc1; "" off
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,9 @@ class OptimConfig:
     min_lr: float = field(default=1e-5, metadata=at_least(0))
     weight_decay: float = field(default=6e-2, metadata=at_least(0))
     warmup_epochs: float = field(default=10.0, metadata=at_least(0))
+    warmup_lr: float = field(default=1e-6, metadata=at_least(0))  # the warmup starts here (timm's)
+    # the last epochs held at min_lr (timm's cooldown)
+    cooldown_epochs: float = field(default=0.0, metadata=at_least(0))
     beta1: float = field(default=0.9, metadata=FRACTION)
     beta2: float = field(default=0.999, metadata=FRACTION)
     grad_clip: float | None = field(default=None, metadata=POSITIVE)

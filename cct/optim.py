@@ -37,10 +37,12 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> 
 
 
 def lr_at(step: int, *, steps_per_epoch: int, cfg: OptimConfig) -> float:
-    """Linear warmup from ~0 to lr, then cosine down to min_lr at the last step."""
-    total = cfg.epochs * steps_per_epoch
+    """Linear warmup from warmup_lr to lr, cosine down to min_lr, then min_lr for the last
+    cooldown_epochs (timm's cosine schedule with warmup_lr and cooldown_epochs, moved per step
+    rather than per epoch)."""
+    total = (cfg.epochs - cfg.cooldown_epochs) * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
+        return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))

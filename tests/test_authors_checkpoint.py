@@ -155,6 +155,7 @@ def test_training_starts_from_an_authors_checkpoint_at_epoch_one(tmp_path):
             "optim.epochs": 2,
             "optim.lr": 0.0,  # frozen: the weights trained are the weights loaded
             "optim.min_lr": 0.0,
+            "optim.warmup_lr": 0.0,
             "device": "cpu",
             "precision": "fp32",
             "latency_runs": 1,

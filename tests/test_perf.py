@@ -221,13 +221,19 @@ def test_quick_suite_writes_every_row(tmp_path, capsys):
     report = json.loads((tmp_path / "bench.json").read_text())
     keys = {r["key"] for r in report["rows"]}
     expected = {f"{g}/{c.key}/fp32" for g in ("train", "latency", "inference") for c in CASES}
-    expected |= {"data", "sharing/1/fp32", "sharing/2/fp32"}
+    expected |= {
+        "data",
+        "data/randaugment",
+        "train/recipe/fp32",
+        "sharing/1/fp32",
+        "sharing/2/fp32",
+    }
     assert keys == expected
     for r in report["rows"]:
         for side in ("ours", "reference"):
             assert isinstance(r[side], float) and math.isfinite(r[side]) and r[side] > 0, r
         assert r["ratio"] == pytest.approx(r["ours"] / r["reference"])
-    assert all(r["mfu_ours"] is None for r in report["rows"] if r["key"].startswith("train/"))
+    assert all(r.get("mfu_ours") is None for r in report["rows"] if r["key"].startswith("train/"))
     assert [r["device"] for r in report["runs"]] == ["cpu (1 threads)"]
     assert report["runs"][0]["loadavg_start"] is not None
     assert report["targets"] == []  # --quick sizes are not the targets' sizes

@@ -1,8 +1,9 @@
 """Batched, per-sample augmentation on the device.
 
 One call turns a uint8 batch into normalized float32 images and soft targets:
-padded random crop -> horizontal flip -> normalize -> random erasing -> mixup/cutmix, with
-label smoothing folded into the targets. The order follows timm's GPU path (erasing after
+crop (padded shift or RandomResizedCrop) -> horizontal flip -> RandAugment -> normalize ->
+random erasing -> mixup/cutmix, with label smoothing folded into the targets. The order is
+timm's training transform (RandAugment on uint8 images after crop and flip, erasing after
 normalization, mixup/cutmix last, on the whole batch). Every random draw comes from the
 generator passed in, so a seeded generator reproduces a batch exactly; nothing here reads a
 value back to the host (no .item(), no Python branch on a tensor), so it never stalls the GPU.
@@ -19,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cct.config import AugmentConfig, ConfigError, read_fields
+from cct.config import AugmentConfig, AugmentRecipe, ConfigError, CropKind, read_fields
+from cct.data.randaugment import parse_policy, rand_augment
+from cct.data.resized_crop import random_resized_crop
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """AugmentConfig with the dataset's defaults filled in: every field concrete."""
+    """AugmentConfig with the recipe's defaults filled in: every field concrete."""
 
     crop_padding: int
     flip: bool
@@ -32,14 +35,45 @@ class AugmentSpec:
     cutmix: float
     erase_prob: float
     label_smoothing: float
+    crop: CropKind = "pad"
+    crop_scale_min: float = 1.0
+    randaugment: str = ""  # "" off
 
 
-def resolve_augment(cfg: AugmentConfig, defaults: AugmentSpec) -> AugmentSpec:
-    """Fill the None fields of `cfg` from `defaults`; reject impossible values."""
-    spec = AugmentSpec(
-        **{k: (getattr(defaults, k) if v is None else v) for k, v in vars(cfg).items()}
+def recipe_augment(recipe: AugmentRecipe, size: int) -> AugmentSpec:
+    """The CCT authors' CIFAR recipes (SPEC 3), at image size `size`.
+
+    cct300: their cct_7-3x1_cifar100_300epochs config: RandomResizedCrop scale (0.8, 1),
+    bilinear/bicubic at random, flip, RandAugment rand-m9-mstd0.5-inc1, erasing 0.25 (pixel),
+    mixup 0.8 / cutmix 1.0, smoothing 0.1. cct200: their examples/ (4-pixel padded crop and
+    flip at 32 px); its AutoAugment is not implemented here.
+    """
+    if recipe == "cct300":
+        return AugmentSpec(
+            round(size / 8), True, 0.8, 1.0, 0.25, 0.1, "resized", 0.8, "rand-m9-mstd0.5-inc1"
+        )
+    return AugmentSpec(round(size / 8), True, 0.8, 1.0, 0.25, 0.1, "pad", 1.0, "")
+
+
+def _policy_problem(policy: str) -> str | None:
+    if not policy:
+        return None
+    try:
+        parse_policy(policy)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def resolve_augment(cfg: AugmentConfig, defaults: AugmentSpec, size: int = 32) -> AugmentSpec:
+    """Fill the None fields of `cfg` from `cfg.recipe` at image size `size` when set, else
+    from `defaults` (the dataset's); reject impossible values (the fields' ranges)."""
+    base = defaults if cfg.recipe is None else recipe_augment(cfg.recipe, size)
+    given = {k: v for k, v in vars(cfg).items() if k != "recipe"}
+    spec = AugmentSpec(**{k: (getattr(base, k) if v is None else v) for k, v in given.items()})
+    _, problems = read_fields(
+        AugmentConfig, dataclasses.asdict(spec), checks={"randaugment": _policy_problem}
     )
-    _, problems = read_fields(AugmentConfig, dataclasses.asdict(spec))  # the fields' ranges
     if problems:
         raise ConfigError("; ".join(str(p.under("data.augment")) for p in problems))
     return spec
@@ -233,6 +267,10 @@ class DeviceAugment:
         self.num_classes = num_classes
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.policy = parse_policy(spec.randaugment) if spec.randaugment else None
+        # timm fills what the geometric ops bring in with the dataset mean (img_mean)
+        self._fill = [min(255, round(255 * m)) for m in self.mean]
+        self._fill_on: dict[str, Tensor] = {}  # per device: no host->device copy per step
 
     def __call__(
         self, x_uint8: Tensor, y: Tensor, generator: torch.Generator
@@ -244,10 +282,17 @@ class DeviceAugment:
             )
         s = self.spec
         x = x_uint8
-        if s.crop_padding > 0:
+        if s.crop == "resized":
+            x = random_resized_crop(x, generator, scale=(s.crop_scale_min, 1.0))
+        elif s.crop_padding > 0:
             x = random_crop(x, s.crop_padding, generator)
         if s.flip:
             x = random_flip(x, generator)
+        if self.policy is not None:
+            key = str(x.device)
+            if key not in self._fill_on:
+                self._fill_on[key] = torch.tensor(self._fill, dtype=torch.uint8, device=x.device)
+            x = rand_augment(x, self.policy, generator, self._fill_on[key])
         x = normalize(x, self.mean, self.std)
         if s.erase_prob > 0:
             x = random_erase(x, s.erase_prob, generator)

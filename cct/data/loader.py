@@ -131,7 +131,7 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> DeviceD
         img_size=size,
         mean=mean,
         std=std,
-        augment=resolve_augment(cfg.augment, src.augment(size)),
+        augment=resolve_augment(cfg.augment, src.augment(size), size),
         split_hash=split_hash(cfg.dataset, cfg.split_seed, val.ids, test.ids),
     )
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cct.config import DataConfig
-from cct.data.augment import AugmentSpec
+from cct.data.augment import AugmentSpec, recipe_augment
 
 
 class DatasetError(RuntimeError):
@@ -59,7 +59,8 @@ MD5: dict[str, str] = {
 }
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+# CIFAR-100: the CCT authors' values (their cct_7-3x1_cifar100_300epochs config, SPEC 3)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: an unreachable host fails instead of hanging
 LOCK_TIMEOUT_S = 3600.0  # waiting for another process's download (Flowers-102 is 330 MB)
@@ -431,8 +432,9 @@ def _torchvision_flowers(root: Path) -> None:
 
 
 def _cifar_augment(size: int) -> AugmentSpec:
-    # The CCT CIFAR recipe: 4-pixel padded crop at 32 px, scaled with the image size.
-    return AugmentSpec(round(size / 8), True, 0.8, 1.0, 0.25, 0.1)
+    # The CCT authors' 300-epoch CIFAR recipe (RandomResizedCrop + RandAugment); the older
+    # 4-pixel padded crop is `augment.recipe: cct200`.
+    return recipe_augment("cct300", size)
 
 
 def _flowers_augment(size: int) -> AugmentSpec:

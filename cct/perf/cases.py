@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cct.bench import RECIPE_AUGMENT
-from cct.data.augment import AugmentSpec
+from cct.data.augment import AugmentSpec, recipe_augment
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
 from cct.perf.reference_data import Mixup, make_loader
 from cct.perf.reference_model import reference_model
@@ -59,7 +58,8 @@ class Data:
     labels: np.ndarray  # (N,) int64
     device_images: torch.Tensor
     device_labels: torch.Tensor
-    augment: AugmentSpec = RECIPE_AUGMENT
+    # the padded-crop recipe the reference loader implements; the cct300 rows set their own
+    augment: AugmentSpec = recipe_augment("cct200", 32)
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
 

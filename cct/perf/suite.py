@@ -33,6 +33,7 @@ import torch
 
 from cct.bench import peak_tflops_for
 from cct.cli import OneLineParser
+from cct.data.augment import recipe_augment
 from cct.device import DeviceUnavailable, allow_tf32, resolve_device, use_bf16
 from cct.measure import count_macs, count_params, device_name, time_forward
 from cct.perf import sharing
@@ -49,6 +50,7 @@ from cct.perf.cases import (
     reference_training_step,
 )
 from cct.perf.reference_data import Mixup
+from cct.perf.reference_randaugment import make_pillow_loader
 from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
 from cct.perf.steps import Step, ours_data_step, reference_data_step
 from cct.perf.timing import Paired, interleaved, load_average, seconds_per_call
@@ -295,6 +297,82 @@ def data_row(setup: Setup) -> dict[str, Any]:
     )
 
 
+def recipe_rows(setup: Setup) -> list[dict[str, Any]]:
+    """The cct300 recipe (RandomResizedCrop + RandAugment): its data path against timm's
+    per-sample Pillow DataLoader, and our training step with it against the same step
+    without RandAugment (what the batched RandAugment costs a step)."""
+    case = CASES[-1]
+    batch = setup.batch_for(case)
+    print(f"data pipeline, cct300 recipe (RandAugment), batch {batch}", flush=True)
+    full = recipe_augment("cct300", setup.img_size)
+    data = replace(random_data(setup.sizes.images, setup.img_size, setup.device), augment=full)
+    ours = ours_data_step(
+        data.device_images,
+        data.device_labels,
+        augment=full,
+        num_classes=NUM_CLASSES,
+        mean=data.mean,
+        std=data.std,
+        batch_size=batch,
+    )
+    loader = make_pillow_loader(
+        data.images,
+        data.labels,
+        spec=full,
+        mean=data.mean,
+        std=data.std,
+        batch_size=batch,
+        num_workers=setup.num_workers,
+        pin_memory=setup.device.type == "cuda",
+    )
+    ref = reference_data_step(loader, mixup=Mixup(full, NUM_CLASSES), device=setup.device)
+    for step in (ours, ref):
+        seconds_per_call(step, 2, setup.device)
+    paired = paired_rates(
+        ours, ref, setup, calls=setup.sizes.data_batches, batch=batch, label="data/randaugment"
+    )
+    del ours, ref, loader
+    gc.collect()
+    rows = [
+        make_row(
+            "data/randaugment",
+            figure="data pipeline samples/s",
+            config=f"cct300 recipe (resized crop, flip, {full.randaugment}, erase, mix),"
+            f" batch {batch}",
+            unit="samples/s",
+            higher_is_better=True,
+            ours=paired.ours,
+            reference=paired.reference,
+            notes=f"reference: timm's Pillow ops per sample, DataLoader, {setup.num_workers}"
+            " workers",
+        )
+    ]
+    print(f"train {case.name} with and without RandAugment, batch {batch}", flush=True)
+    model, _ = models(setup, case)
+    plain = replace(data, augment=replace(full, randaugment=""))
+    step_full = our_training_step(model, data, batch_size=batch, bf16=setup.bf16)
+    step_plain = our_training_step(model, plain, batch_size=batch, bf16=setup.bf16)
+    for step in (step_full, step_plain):
+        seconds_per_call(step, setup.sizes.warmup, setup.device)
+    paired = paired_rates(
+        step_full, step_plain, setup, calls=setup.sizes.steps, batch=batch, label="train/recipe"
+    )
+    rows.append(
+        make_row(
+            f"train/recipe/{setup.tag}",
+            figure="training samples/s",
+            config=f"{case.name}, batch {batch}, cct300 recipe; reference: the same step"
+            " without RandAugment",
+            unit="samples/s",
+            higher_is_better=True,
+            ours=paired.ours,
+            reference=paired.reference,
+            notes="ours: with RandAugment on the device",
+        )
+    )
+    return rows
+
+
 def sharing_rows(setup: Setup) -> list[dict[str, Any]]:
     """Aggregate samples/s of N small-trial processes on one device."""
     s = setup.sizes
@@ -531,6 +609,7 @@ def run(setup: Setup, groups: list[str], cases: list[Case]) -> tuple[dict, list[
             rows += latency_rows(setup, cases)
         if "data" in groups:
             rows.append(data_row(setup))
+            rows.extend(recipe_rows(setup))
         if "sharing" in groups:
             rows += sharing_rows(setup)
         info = run_info(
