@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,24 @@ def _client(root: Path):
     return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
 
 
+def _store_ready(root: Path) -> bool:
+    """Whether the sweep has finished creating its store. Until it has, opening an
+    MlflowClient would run the schema migrations a second time, alongside the sweep's own,
+    and one of the two crashes; so look first with a read-only sqlite connection."""
+    db = root / "mlflow.db"
+    if not db.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            rows = con.execute("SELECT 1 FROM experiments WHERE name = 'interrupt'").fetchall()
+    except sqlite3.Error:  # the tables are not there yet, or the file is being written
+        return False
+    return bool(rows)
+
+
 def _runs(root: Path) -> dict[str, object]:
     """'sweep', 'good' and 'bad' -> their MLflow runs (fetched now)."""
-    if not (root / "mlflow.db").exists():
+    if not _store_ready(root):
         return {}
     client = _client(root)
     exp = client.get_experiment_by_name("interrupt")
