@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -122,7 +123,12 @@ def fake_cluster():
     config = Path(root) / "autoscaler.yaml"
     config.write_text(json.dumps(_autoscaler_config(f"127.0.0.1:{port}")))
     env = {**local_env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    env["RAY_AUTH_MODE"] = "token"
+    # Token authentication on, with the cluster's own token: a fresh machine has no
+    # ~/.ray/auth_token, and `ray start` refuses to start without one.
+    token = Path(root) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"] = "token", str(token)
     ray_cli = str(Path(sys.executable).with_name("ray"))
     cmd = [
         ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -134,7 +140,11 @@ def fake_cluster():
             "runtime-env-agent-port", "ray-client-server-port")),
     ]  # fmt: skip
     try:
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=240)
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        if started.returncode != 0:  # say why: Ray's own words, not only the command line
+            pytest.fail(
+                f"ray start --head failed:\n{started.stdout[-3000:]}{started.stderr[-3000:]}"
+            )
         yield {"root": root, "address": f"127.0.0.1:{port}", "config": config}
     finally:
         _stop(root)
@@ -154,6 +164,7 @@ def _env(cluster: dict, url: str, storage: Path) -> dict[str, str]:
         "CCT_SIMULATED_GPUS": "1",  # logical GPUs: the workers train on the CPU underneath
         "CCT_AUTOSCALING_CONFIG": str(cluster["config"]),
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(Path(cluster["root"]) / "auth_token"),
     }
 
 
