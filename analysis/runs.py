@@ -41,6 +41,11 @@ FAILURE_TAG, FAILURE_MESSAGE_TAG = "failure_reason", "failure_message"
 # a resume after a crash in either logs neither twice
 FINAL_LOGGED_TAG, ANALYSIS_LOGGED_TAG = "final_logged", "analysis_logged"
 
+# on every experiment the product creates: MLflow 3's UI opens an experiment of this kind on
+# its training runs (one without a kind opens on the GenAI traces overview, empty here)
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (Markdown)
+
 # artifact paths, relative to a run's artifact root
 CHECKPOINT_DIR = "checkpoint"  # model.json + model.pt (cct/checkpoint.py)
 LOGITS_DIR, LOGITS_FILE = "logits", "logits.npz"

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Callback
 
-from analysis.runs import SWEEP_DIR
+from analysis.runs import NOTE_TAG, SWEEP_DIR
 from cct.checkpoint import git_commit
 from orchestrator.callbacks import Interruption, MlflowStatusCallback
 from orchestrator.cluster import (
@@ -30,7 +30,7 @@ from orchestrator.cluster import (
     cluster_problems,
 )
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
-from orchestrator.summary import print_best, print_summary, summarize
+from orchestrator.summary import print_best, print_summary, summarize, sweep_description
 from orchestrator.tracking import (
     create_parent_run,
     ensure_experiment,
@@ -165,6 +165,7 @@ def open_parent_run(
         tags={
             "spec_hash": spec.hash,
             "git_commit": git_commit() or "unknown",
+            NOTE_TAG: sweep_description(spec),
             **{f"version.{k}": v for k, v in versions.items()},
         },
         params=spec.to_dict(),

@@ -102,3 +102,26 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         )
     print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")
     print(f"  report:     python -m analysis.report --experiment {spec.experiment}")
+
+
+def sweep_description(spec: SweepSpec) -> str:
+    """The sweep run's description in the MLflow UI (Markdown): what was searched and how to
+    read the runs under it."""
+    searched = ", ".join(f"`{key}`" for key, _ in spec.search) or "nothing (fixed config)"
+    objectives = ", ".join(f"{metric} ({mode})" for metric, mode in spec.objectives)
+    return "\n".join(
+        [
+            f"**Sweep `{spec.name}`** of `{spec.base.model.variant}` on"
+            f" `{spec.base.data.dataset}`: searcher `{spec.tune.searcher}` over {searched};"
+            f" objective {objectives}.",
+            "",
+            "- Each child run is one trial: its params are the searched values, its metrics"
+            " come every epoch (`val_accuracy`, `train_loss`, ...), and its final epoch adds"
+            " `test_accuracy`, latency and the SHP/SNR analysis (artifacts `shp/`).",
+            "- Trials tagged `interrupted=true` were stopped by Ctrl-C or SIGTERM; the same"
+            " command with `--resume` continues them. `failure_reason` says why a trial failed.",
+            f"- The verdicts: `python -m analysis.report --experiment {spec.experiment}`"
+            " (logged under this run's `report/`); committees:"
+            f" `python -m analysis.committee --experiment {spec.experiment}`.",
+        ]
+    )

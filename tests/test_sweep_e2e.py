@@ -36,6 +36,17 @@ def test_one_parent_and_one_child_run_per_trial(mlflow_runs):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
 
 
+def test_the_ui_opens_on_the_training_runs_and_the_sweep_run_says_what_it_is(mlflow_runs):
+    client, runs = mlflow_runs
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    experiment = client.get_experiment(parent.info.experiment_id)
+    # MLflow 3's UI opens an experiment without this kind on its (empty) GenAI traces view
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "**Sweep `e2e`**" in note and "`model.num_heads`" in note
+    assert "python -m analysis.report --experiment e2e" in note
+
+
 def test_every_epoch_logged_exactly_once(mlflow_runs):
     client, runs = mlflow_runs
     for run in (r for r in runs if r.data.tags.get("role") == "trial"):

@@ -153,3 +153,12 @@ def test_interrupted_runs_are_marked_and_reopened_on_resume(store):
 )
 def test_resume_command_is_ours_and_never_fresh(argv, expected):
     assert resume_command(argv) == expected
+
+
+def test_an_experiment_gets_the_training_kind_once_also_from_a_store_made_before_it(db):
+    client, exp = db
+    assert client.get_experiment(exp).tags[contract.EXPERIMENT_KIND_TAG] == contract.TRAINING_KIND
+    old = client.create_experiment("made-before-the-kind")  # as an older version left it
+    assert contract.EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert ensure_experiment(client, "made-before-the-kind", None) == old
+    assert client.get_experiment(old).tags[contract.EXPERIMENT_KIND_TAG] == contract.TRAINING_KIND
