@@ -29,6 +29,7 @@ from orchestrator.cluster import (
     cluster_capacity,
     cluster_problems,
 )
+from orchestrator.console import StatusTable
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
 from orchestrator.summary import print_best, print_summary, summarize, sweep_description
 from orchestrator.tracking import (
@@ -65,18 +66,23 @@ class SweepRefused(Exception):
     """The sweep cannot start as asked; the message says why and what to do."""
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, *, verbose: bool = False) -> None:
     """A fresh local instance unless an address is given: a stale cluster file on the
-    machine must never make us join a dead or unrelated cluster."""
+    machine must never make us join a dead or unrelated cluster. The workers' lines go to
+    Ray's log files (the terminal shows them with `verbose`)."""
     if address is not None:
         ray.init(
-            address=address, logging_level="WARNING", runtime_env={"env_vars": CLUSTER_RAY_ENV}
+            address=address,
+            logging_level="WARNING",
+            log_to_driver=verbose,
+            runtime_env={"env_vars": CLUSTER_RAY_ENV},
         )
         return
     ray.init(
         address="local",
         include_dashboard=False,
         logging_level="WARNING",
+        log_to_driver=verbose,
         runtime_env={
             "env_vars": LOCAL_RAY_ENV,
             "worker_process_setup_hook": "orchestrator.ray_hooks.quiet_worker_logs",
@@ -187,8 +193,14 @@ def make_tuner(
     callbacks: list[Callback],
     name: str,
     capacity: Capacity,
+    *,
+    verbose: bool = False,
 ) -> tune.Tuner:
     """The sweep's Tuner, restored from Tune's saved state when there is one."""
+    if not verbose:
+        # Tune's newer console prints its experiment box and TensorBoard hint at any
+        # verbosity; the legacy one at verbose=0 prints nothing, and console.py speaks.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if tune.Tuner.can_restore(experiment_path):
         return tune.Tuner.restore(
             experiment_path,
@@ -213,6 +225,7 @@ def make_tuner(
             name=name,
             storage_path=spec.storage_path,
             callbacks=callbacks,
+            verbose=1 if verbose else 0,  # Tune's own tables and boxes; ours: console.py
             # A trial that fails for good ends normally (orchestrator.worker); what is left
             # is a lost trial actor or driver node, which a retry heals.
             failure_config=tune.FailureConfig(max_failures=2),
@@ -228,6 +241,7 @@ def run_sweep(
     resume: bool,
     fresh: bool,
     resume_command: str = "python -m orchestrator.sweep --resume",
+    verbose: bool = False,
 ) -> int:
     """Run the sweep to its end: 0, or 1 when every trial errored; after SIGINT or SIGTERM
     128 + the signal (130, 143), with the unfinished runs marked and the command that
@@ -238,7 +252,7 @@ def run_sweep(
     client, experiment_id, parent_run_id, results = None, "", "", None
     # The cluster first: a sweep it cannot run is refused before anything is written.
     try:
-        start_ray(address)
+        start_ray(address, verbose=verbose)
         capacity = cluster_capacity()
         problems = cluster_problems(spec, tracking_uri, capacity)
         if problems:
@@ -270,9 +284,14 @@ def run_sweep(
             spec,
             trainable,
             f"{spec.storage_path.rstrip('/')}/{ray_experiment}",
-            [MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id), interruption],
+            [
+                MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id),
+                interruption,
+                StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
+            ],
             ray_experiment,
             capacity,
+            verbose=verbose,
         )
         with quiet_tune_restore_hint():
             results, problem = fit_watching(tuner, spec, capacity)

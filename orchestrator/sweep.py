@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--fresh", action="store_true", help="start a new sweep run")
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan, start nothing")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's worker lines and Tune's tables (otherwise in Ray's log files)",
+    )
     return p.parse_args(argv)
 
 
@@ -96,17 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             fail(*errors)
 
+    from orchestrator.console import quiet_libraries
     from orchestrator.driver import SweepRefused, run_sweep
 
     try:
-        return run_sweep(
-            spec,
-            tracking_uri=tracking_uri,
-            address=address,
-            resume=args.resume,
-            fresh=args.fresh,
-            resume_command=resume_command(sys.argv[1:] if argv is None else argv),
-        )
+        with quiet_libraries(args.verbose):
+            return run_sweep(
+                spec,
+                tracking_uri=tracking_uri,
+                address=address,
+                resume=args.resume,
+                fresh=args.fresh,
+                resume_command=resume_command(sys.argv[1:] if argv is None else argv),
+                verbose=args.verbose,
+            )
     except SweepRefused as e:
         fail(e)
 

@@ -130,7 +130,9 @@ def report_failure(tracker: NullTracker, reason: str, message: str, objectives: 
     every result carries them)."""
     tracker.log_failure(reason, message)
     print(f"trial failed for good ({reason}), not retried: {message}", file=sys.stderr)
-    ray.train.report({**{name: math.nan for name in objectives}, FAILED: reason})
+    ray.train.report(
+        {**{name: math.nan for name in objectives}, FAILED: reason, FAILURE_MESSAGE_TAG: message}
+    )
 
 
 def failed_before(config: dict[str, Any]) -> tuple[str, str] | None:

@@ -23,6 +23,15 @@ def test_resumed_sweep_reports_its_summary(sweep):
     assert "python -m analysis.committee --experiment e2e" in sweep["log"]
 
 
+def test_the_console_is_the_sweeps_own_not_rays(sweep):
+    log = sweep["log"]
+    assert "finished: val_accuracy" in log and "  trial " in log  # the status table
+    # worker lines and Tune's boxes stay in Ray's log files (--verbose brings them back)
+    for noise in ("(RayTrainWorker", "Reporting training result", "Trial status:",
+                  "Configuration for experiment", "Creating initial MLflow database"):  # fmt: skip
+        assert noise not in log, noise
+
+
 def test_one_parent_and_one_child_run_per_trial(mlflow_runs):
     client, runs = mlflow_runs
     parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
