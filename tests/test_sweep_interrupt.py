@@ -41,6 +41,7 @@ tune: {{searcher: grid, objectives: {{val_accuracy: max}}}}
 resources: {{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}}
 analysis: {{blocks: none}}
 """
+DIVERGED_LINE = "failed for good (diverged), not retried: training loss became nan"
 COMMAND = [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"]
 
 
@@ -86,9 +87,12 @@ def _epochs(root: Path, run) -> list[int]:
     return [m.step for m in _client(root).get_metric_history(run.info.run_id, "train_loss")]
 
 
-def _interrupt(root: Path, log: Path, signum: int, *, group: bool, more_epochs: int) -> dict:
+def _interrupt(
+    root: Path, log: Path, signum: int, *, group: bool, more_epochs: int, printed: str = ""
+) -> dict:
     """Run the command; once this run has logged `more_epochs` new epochs of the good trial
-    in MLflow (and the bad one has failed), send `signum`; what came of it."""
+    in MLflow (and the bad one has failed, and the driver has printed `printed`), send
+    `signum`; what came of it."""
     start = len(log.read_text()) if log.exists() else 0
     before = _runs(root).get("good")
     epochs_first = (len(_epochs(root, before)) if before else 0) + more_epochs
@@ -107,6 +111,7 @@ def _interrupt(root: Path, log: Path, signum: int, *, group: bool, more_epochs: 
                 and bad.info.status == "FAILED"
                 and good.info.status == "RUNNING"
                 and len(_epochs(root, good)) >= epochs_first
+                and printed in log.read_text()[start:]  # the driver has said it, too
             )
 
         wait_for(ready, 300, f"{epochs_first} epochs of the good trial", proc)
@@ -125,7 +130,7 @@ def interrupted_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt")
     (root / "sweep.yaml").write_text(SWEEP)
     log = root / "sweep.log"
-    sigint = _interrupt(root, log, signal.SIGINT, group=True, more_epochs=4)
+    sigint = _interrupt(root, log, signal.SIGINT, group=True, more_epochs=4, printed=DIVERGED_LINE)
     sigterm = _interrupt(root, log, signal.SIGTERM, group=False, more_epochs=2)
     start = len(log.read_text())
     final = subprocess.run(
@@ -195,4 +200,4 @@ def test_divergence_fails_once_without_a_retry(interrupted_sweep):
     # one attempt of its training, over three runs of the sweep command
     attempts = _client(root).get_metric_history(bad.info.run_id, "attempt_first_epoch")
     assert [m.value for m in attempts] == [1.0]
-    assert "failed for good (diverged), not retried" in interrupted_sweep["sigint"]["out"]
+    assert DIVERGED_LINE in interrupted_sweep["sigint"]["out"]
