@@ -71,12 +71,15 @@ def start_ray(address: str | None, *, verbose: bool = False) -> None:
     machine must never make us join a dead or unrelated cluster. The workers' lines go to
     Ray's log files (the terminal shows them with `verbose`)."""
     if address is not None:
-        ray.init(
-            address=address,
-            logging_level="WARNING",
-            log_to_driver=verbose,
-            runtime_env={"env_vars": CLUSTER_RAY_ENV},
-        )
+        try:
+            ray.init(
+                address=address,
+                logging_level="WARNING",
+                log_to_driver=verbose,
+                runtime_env={"env_vars": CLUSTER_RAY_ENV},
+            )
+        except ConnectionError as e:  # Ray's own message is a bare "Failed to connect"
+            raise SweepRefused(connection_refused(address, e)) from None
         return
     ray.init(
         address="local",
@@ -87,6 +90,25 @@ def start_ray(address: str | None, *, verbose: bool = False) -> None:
             "env_vars": LOCAL_RAY_ENV,
             "worker_process_setup_hook": "orchestrator.ray_hooks.quiet_worker_logs",
         },
+    )
+
+
+def connection_refused(address: str, error: ConnectionError) -> str:
+    """Why `ray.init(address)` failed, in one line: most often a token-authenticated
+    cluster (deploy/slurm, ray_cluster.yaml, KubeRay) joined without the token."""
+    cause = f"{error} {error.__cause__ or ''}"
+    if "InvalidAuthToken" not in cause and "AuthenticationError" not in cause:
+        return f"--address {address}: no Ray cluster answers there ({error})"
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        return (
+            f"--address {address}: that Ray cluster uses token authentication and "
+            "RAY_AUTH_MODE is not 'token' here; export RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN_PATH=<the cluster's token file> (a SLURM job keeps it in "
+            ".slurm-cct/<job id>/ray_auth_token)"
+        )
+    return (
+        f"--address {address}: that Ray cluster refused this token (RAY_AUTH_TOKEN_PATH="
+        f"{os.environ.get('RAY_AUTH_TOKEN_PATH', '~/.ray/auth_token')}): use the cluster's token file"
     )
 
 

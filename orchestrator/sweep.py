@@ -67,9 +67,12 @@ def dry_run(spec, tracking_uri: str, address: str | None) -> int:
             " what that cluster has or can grow to; run here, against this machine)"
         )
     else:
-        from orchestrator.driver import check_fit
+        from orchestrator.driver import SweepRefused, check_fit
 
-        errors, fit = check_fit(spec, address)
+        try:
+            errors, fit = check_fit(spec, address)
+        except SweepRefused as e:  # a cluster that cannot be joined
+            fail(e)
         if errors:
             fail(*errors)
     print(format_plan(spec, tracking_uri=tracking_uri))

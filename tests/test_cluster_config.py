@@ -119,3 +119,51 @@ def test_every_node_fetches_the_shipped_datasets(config):
     }
     fetched = set(re.search(r"python -m cct\.data ([\w ]+)", setup).group(1).split())
     assert shipped - {"digits", "synthetic"} <= fetched, (shipped, fetched)
+
+
+# -- what Ray itself makes of the file (its defaults merged in, as `ray up` does) --------
+
+
+@pytest.fixture(scope="module")
+def prepared(config) -> dict:
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(copy.deepcopy(config))
+
+
+def test_every_node_type_boots_the_named_image(prepared):
+    # Without ImageId Ray falls back on an old AMI table of its own; each type names one.
+    images = {t["node_config"].get("ImageId") for t in prepared["available_node_types"].values()}
+    assert len(images) == 1, images
+    (image,) = images
+    assert re.fullmatch(r"ami-[0-9a-f]{17}", image), image
+    text = (ROOT / "ray_cluster.yaml").read_text()
+    assert "aws ssm get-parameter" in text and "base-oss-nvidia-driver-gpu-ubuntu-22.04" in text
+
+
+def test_the_head_can_launch_nodes_with_boto3(prepared):
+    from ray.autoscaler._private.util import fillout_defaults
+
+    # Ray's own default head_setup_commands are what installs boto3; ours replace them.
+    defaults = fillout_defaults({"provider": prepared["provider"]})
+    assert any("boto3" in c for c in defaults["head_setup_commands"])
+    head = prepared["head_setup_commands"]  # setup_commands + head_setup_commands, merged
+    boto = [c for c in head if "boto3" in c]
+    assert boto and all("--python ~/cct-env/bin/python" in c for c in boto), boto
+    # and the head's ray start (the autoscaler) runs in that environment
+    assert all("source ~/.cct_env" in c for c in prepared["head_start_ray_commands"] if "ray " in c)
+
+
+def test_gpu_workers_carry_an_instance_profile_for_the_bucket(prepared):
+    head = prepared["head_node_type"]
+    for name, t in prepared["available_node_types"].items():
+        if name == head:
+            continue
+        arn = t["node_config"]["IamInstanceProfile"]["Arn"]
+        assert re.fullmatch(r"arn:aws:iam::[\w-]+:instance-profile/cct-sweeps-worker", arn), arn
+    text = (ROOT / "ray_cluster.yaml").read_text() + (ROOT / "README.md").read_text()
+    for command in ("aws iam create-role", "aws iam create-instance-profile",
+                    "aws iam add-role-to-instance-profile", "iam:PassRole"):  # fmt: skip
+        assert command in text, command

@@ -95,3 +95,52 @@ def test_cluster_environment_sets_store_and_storage_unless_the_file_does(tmp_pat
     proc = run(tmp_path, "--config", "sweep.yaml", "--dry-run", env=cluster)
     assert proc.returncode == 0, proc.stderr
     assert "in http://10.0.0.9:5000" in proc.stdout and "Ray results    /srv/results" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A Ray head with token authentication, as deploy/slurm starts one: its own temp dir
+    and ports, stopped by its process id (never `ray stop`, which stops every instance)."""
+    import os
+    import secrets
+    import signal
+    import socket
+
+    root = tmp_path_factory.mktemp("token")
+    token = root / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**local_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    ray = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={root / 'ray'}", "--num-cpus=1", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        env=env, stdout=(root / "head.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield f"127.0.0.1:{port}", token
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["run", "dry-run"])
+def test_joining_a_token_cluster_without_the_token_is_one_line(tmp_path, token_cluster, mode):
+    address, _ = token_cluster
+    (tmp_path / "sweep.yaml").write_text(GOOD)
+    args = ["--config", "sweep.yaml", "--address", address]
+    # Ray retries a refused connection for 20 s by default; 3 are enough to be refused.
+    proc = run(tmp_path, *args, *(["--dry-run"] if mode == "dry-run" else []),
+               env={"RAY_gcs_server_port_wait_time_s": "3"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert f"--address {address}" in lines[0] and "RAY_AUTH_MODE=token" in lines[0]
+    assert files_in(tmp_path) == {"sweep.yaml"}
