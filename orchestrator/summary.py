@@ -10,6 +10,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
 from analysis.runs import FAILURE_TAG, SWEEP_DIR
 from search_spaces import SweepSpec
@@ -59,6 +60,7 @@ def summarize(
         "pareto_front": pareto_front(finished, spec.objectives) if len(spec.objectives) > 1 else [],
         "finished": len(finished),
         "errored": errored,
+        "importance": importances(spec.search, rows, spec.objectives),
     }
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -68,6 +70,9 @@ def summarize(
         if values:
             client.log_metric(parent_run_id, f"best_{name}", max(values))
     client.log_metric(parent_run_id, "trials_finished", len(finished))
+    for metric, entry in summary["importance"].items():
+        for key, value in entry.get("values", {}).items():
+            client.log_metric(parent_run_id, f"importance.{metric}.{key}", value)
     return summary
 
 
@@ -95,6 +100,9 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         title=f"{title} of sweep {spec.name!r} ({summary['finished']} finished, "
         f"{summary['errored']} errored)",
     )
+    if spec.search:
+        print("\nWhich searched keys mattered (share of each objective's variance):")
+        print("\n".join(format_importances(summary["importance"])))
     print(f"\nMLflow store: {tracking_uri}  (experiment {spec.experiment!r})")
     if tracking_uri.startswith("sqlite:///"):
         print(

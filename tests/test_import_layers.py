@@ -12,10 +12,16 @@ FORBIDDEN = {
     "analysis": {"ray", "orchestrator", "search_spaces"},
     "orchestrator": set(),
 }
-# Inside analysis/: the run contract and the Pareto front at the bottom, then shp, committee
-# (reads SHP label sets) and report (reads everything) on top.
+# Inside analysis/: the run contract, the Pareto front and the importances at the bottom,
+# then shp, committee (reads SHP label sets) and report (reads everything) on top.
 ANALYSIS = {
     "analysis/pareto.py": {
+        "analysis.runs",
+        "analysis.shp",
+        "analysis.committee",
+        "analysis.report",
+    },
+    "analysis/importance.py": {
         "analysis.runs",
         "analysis.shp",
         "analysis.committee",

@@ -21,6 +21,8 @@ def test_resumed_sweep_reports_its_summary(sweep):
     assert "Resuming sweep 'e2e'" in sweep["log"]
     assert "Best trials of sweep 'e2e' (2 finished, 0 errored)" in sweep["log"]
     assert "python -m analysis.committee --experiment e2e" in sweep["log"]
+    # two trials: importance would be noise, and the summary says so instead
+    assert "val_accuracy: not enough trials (2 finished, at least 8)" in sweep["log"]
 
 
 def test_the_console_is_the_sweeps_own_not_rays(sweep):
