@@ -73,6 +73,21 @@ def _epochs_reported(root: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in files)
 
 
+def _finished_trials(root: Path) -> set[str]:
+    """Trial ids whose final result Tune has recorded."""
+    return {
+        f.parent.name.removeprefix("trial-")
+        for f in root.glob("ray_results/e2e-*/trial-*/result.json")
+        if "test_accuracy" in f.read_text()
+    }
+
+
+def _cut_off_mid_run(root: Path) -> bool:
+    """Some trial has a checkpoint and has not finished: killing the driver now cuts it off."""
+    done = _finished_trials(root)
+    return any(n >= 1 and t not in done for t, n in _checkpoints(root).items())
+
+
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
     """Poll until `predicate()` is truthy and return its value; fail when `proc` exits or
     the time is up."""
@@ -122,8 +137,15 @@ def sweep(tmp_path_factory):
         assert pids, "no RayTrainWorker process found"
         os.kill(pids[0], signal.SIGKILL)
         # 2. later the driver dies, taking its local Ray instance with it
+        # (after more epochs, and while a trial with a checkpoint is still running: on a
+        # loaded machine the second trial may start late, or the first finish early)
         reported = _epochs_reported(root)
-        wait_for(lambda: _epochs_reported(root) >= reported + 4, 240, "more epochs", proc)
+        wait_for(
+            lambda: _epochs_reported(root) >= reported + 4 and _cut_off_mid_run(root),
+            240,
+            "more epochs, with a checkpointed trial running",
+            proc,
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     except BaseException:
@@ -131,11 +153,7 @@ def sweep(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
     before_resume = _checkpoints(root)
-    finished_before = {
-        f.parent.name.removeprefix("trial-")
-        for f in root.glob("ray_results/e2e-*/trial-*/result.json")
-        if "test_accuracy" in f.read_text()
-    }
+    finished_before = _finished_trials(root)
     # 3. the same command again resumes the sweep
     proc = _start(root, log)
     try:
