@@ -7,6 +7,8 @@ Ray is left. Skips, saying why, where SLURM is not installed (.ci/run installs i
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "deploy" / "slurm" / "sweep.sbatch"
 SWEEP = small_sweep_yaml(
     name="slurm",
-    epochs=3,
+    epochs=2,
     resources="{workers_per_trial: 1, cpus_per_worker: 0.9, max_concurrent_trials: 2}",
     analysis="{blocks: none}",
 )
@@ -45,6 +47,8 @@ def slurm_job(tmp_path_factory):
     import ray
 
     # A Ray instance of "another job" on the same machine: it must outlive the SLURM job.
+    # (ray.init may turn on token auth in os.environ; later tests must not inherit it.)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     neighbour = ray.get_runtime_context().get_node_id()
     try:
@@ -75,6 +79,9 @@ def slurm_job(tmp_path_factory):
             }
     finally:
         ray.shutdown()
+        for key in [k for k in os.environ if k.startswith("RAY_AUTH")]:
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 def test_the_job_ran_the_sweep(slurm_job):
@@ -101,8 +108,14 @@ def test_security_token_auth_and_mlflow_basic_auth(slurm_job):
     assert len(token.read_text().strip()) == 64
     creds = slurm_job["submit"] / ".slurm-cct" / "mlflow_credentials"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
-    assert (slurm_job["submit"] / "mlflow_auth.db").is_file()  # the basic-auth app ran
-    assert "Ray at 1" in slurm_job["log"] or "Ray at " in slurm_job["log"]
+    # The basic-auth app ran and made the generated user its admin.
+    users = sqlite3.connect(slurm_job["submit"] / "mlflow_auth.db").execute(
+        "SELECT username, is_admin FROM users"
+    )
+    assert users.fetchall() == [("cct", 1)]
+    # Ray's port is the job's own, not Ray's default 6379 that every job would share.
+    port = int(re.search(r"Ray at [\d.]+:(\d+)", slurm_job["log"]).group(1))
+    assert port == 20000 + (int(slurm_job["job_id"]) % 180) * 200
 
 
 def test_the_job_stopped_only_its_own_ray(slurm_job):
