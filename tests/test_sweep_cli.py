@@ -125,8 +125,12 @@ def token_cluster(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}", token
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: only this head's processes
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # its graceful stop can take half a minute
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 @pytest.mark.slow
