@@ -19,6 +19,11 @@ from orchestrator.tracking import set_status
 
 
 class MlflowStatusCallback(Callback):
+    # The store this driver process logs to. A restored instance carries the URI of the
+    # process that first started the sweep, which may be gone: a SLURM job's MLflow server
+    # listens on that job's own port, so a resubmitted job's server has another one.
+    live_tracking_uri: ClassVar[str | None] = None
+
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = (
             tracking_uri,
@@ -26,9 +31,13 @@ class MlflowStatusCallback(Callback):
             parent_run_id,
         )
 
+    @property
+    def uri(self) -> str:
+        return MlflowStatusCallback.live_tracking_uri or self.tracking_uri
+
     def _run_id(self, trial_id: str) -> str | None:
         run = find_trial_run(
-            MlflowClient(self.tracking_uri), self.experiment_id, self.parent_run_id, trial_id
+            MlflowClient(self.uri), self.experiment_id, self.parent_run_id, trial_id
         )
         return run.info.run_id if run else None
 
@@ -36,7 +45,7 @@ class MlflowStatusCallback(Callback):
         run_id = self._run_id(trial.trial_id)
         if run_id is None:
             return
-        client = MlflowClient(self.tracking_uri)
+        client = MlflowClient(self.uri)
         last = trial.last_result or {}
         if Interruption.signum() is not None:  # the driver marks the unfinished runs
             return
@@ -51,7 +60,7 @@ class MlflowStatusCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self._run_id(trial.trial_id)
         if run_id is not None:
-            client = MlflowClient(self.tracking_uri)
+            client = MlflowClient(self.uri)
             if trial.error_file:
                 client.set_tag(run_id, "error_file", str(trial.error_file))
             set_status(client, run_id, "FAILED")

@@ -302,6 +302,7 @@ def run_sweep(
             simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
         )
         trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
+        MlflowStatusCallback.live_tracking_uri = tracking_uri  # also for a restored callback
         tuner = make_tuner(
             spec,
             trainable,

@@ -125,8 +125,12 @@ def token_cluster(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}", token
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: only this head's processes
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # its graceful stop can take half a minute
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 @pytest.mark.slow
@@ -136,8 +140,14 @@ def test_joining_a_token_cluster_without_the_token_is_one_line(tmp_path, token_c
     (tmp_path / "sweep.yaml").write_text(GOOD)
     args = ["--config", "sweep.yaml", "--address", address]
     # Ray retries a refused connection for 20 s by default; 3 are enough to be refused.
-    proc = run(tmp_path, *args, *(["--dry-run"] if mode == "dry-run" else []),
-               env={"RAY_gcs_server_port_wait_time_s": "3"})  # fmt: skip
+    # No RAY_AUTH_MODE: a ray.init in this process may have set it (~/.ray/auth_token).
+    env = {k: v for k, v in local_env().items() if not k.startswith("RAY_AUTH")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *args,
+         *(["--dry-run"] if mode == "dry-run" else [])],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**env, "RAY_gcs_server_port_wait_time_s": "3"},
+    )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

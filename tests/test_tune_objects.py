@@ -232,3 +232,19 @@ def test_optuna_steps_are_epochs_once_each_after_a_tune_restart():
     for r in _restarted(12, range(11, 16)):
         s.on_trial_result("t", {**r, "val_accuracy": r["epoch"] / 100})
     assert _state(s, 0).intermediate_values == {e: e / 100 for e in range(1, 16)}
+
+
+def test_a_restored_status_callback_logs_to_this_drivers_store():
+    # Tuner.restore unpickles the callback of the first run; its MLflow server may be gone
+    # (a resubmitted SLURM job's server has the new job's port).
+    import pickle
+
+    from orchestrator.callbacks import MlflowStatusCallback
+
+    old = pickle.dumps(MlflowStatusCallback("http://10.0.0.1:20201", "1", "parent"))
+    MlflowStatusCallback.live_tracking_uri = "http://10.0.0.1:20401"
+    try:
+        assert pickle.loads(old).uri == "http://10.0.0.1:20401"
+    finally:
+        MlflowStatusCallback.live_tracking_uri = None
+    assert pickle.loads(old).uri == "http://10.0.0.1:20201"
