@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,9 @@ def erase(x: Tensor, min_area: float = 0.02, max_area: float = 1 / 3, min_aspect
 class ImageDataset(Dataset):
     """In-memory uint8 images (N, C, H, W) and labels; the transform runs per sample."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: SampleTransform):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, transform: Callable[[Tensor], Tensor]
+    ) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -127,9 +129,22 @@ def make_loader(
     num_workers: int,
     pin_memory: bool,
 ) -> DataLoader:
-    """The DataLoader a typical training script builds (shuffled, last partial batch dropped)."""
-    return DataLoader(
+    """The DataLoader a typical training script builds, with this module's transforms."""
+    return training_loader(
         ImageDataset(images, labels, SampleTransform(spec, mean, std)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+
+
+def training_loader(
+    dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """A training DataLoader as timm and most scripts build it: shuffled, the last partial
+    batch dropped."""
+    return DataLoader(
+        dataset,
         batch_size=batch_size,
         shuffle=True,
         num_workers=num_workers,

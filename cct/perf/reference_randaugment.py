@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cct.data.augment import AugmentSpec
 from cct.data.randaugment import RandAugmentPolicy, parse_policy
-from cct.perf.reference_data import erase
+from cct.perf.reference_data import ImageDataset, erase, training_loader
 
 
 def timm_argument(name: str, m: float, sign: float) -> float:
@@ -147,17 +147,6 @@ class PillowRecipeTransform:
         return x
 
 
-class _Images(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.transform(torch.from_numpy(self.images[i])), int(self.labels[i])
-
-
 def make_pillow_loader(
     images: np.ndarray,
     labels: np.ndarray,
@@ -170,11 +159,9 @@ def make_pillow_loader(
     pin_memory: bool,
 ) -> DataLoader:
     """timm's training DataLoader for the recipe: shuffled, last partial batch dropped."""
-    return DataLoader(
-        _Images(images, labels, PillowRecipeTransform(spec, mean, std)),
+    return training_loader(
+        ImageDataset(images, labels, PillowRecipeTransform(spec, mean, std)),
         batch_size=batch_size,
-        shuffle=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=True,
     )

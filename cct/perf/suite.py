@@ -24,7 +24,7 @@ import argparse
 import gc
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from cct.perf.cases import (
     QUICK_IMG_SIZE,
     SMALL_TRIAL,
     Case,
+    Data,
     model_pair,
     our_training_step,
     random_data,
@@ -261,12 +262,11 @@ def latency_rows(setup: Setup, cases: list[Case]) -> list[dict[str, Any]]:
     return rows
 
 
-def data_row(setup: Setup) -> dict[str, Any]:
-    """The input pipeline alone: batches of augmented images (and soft targets) per second."""
-    case = CASES[-1]
-    batch = setup.batch_for(case)
-    print(f"data pipeline, batch {batch}", flush=True)
-    data = random_data(setup.sizes.images, setup.img_size, setup.device)
+def paired_data_rates(
+    setup: Setup, data: Data, loader: Iterable, *, batch: int, label: str
+) -> Paired:
+    """Our batched data step on `data` (its augment) against `loader`, a per-sample
+    reference DataLoader of the same recipe, mixup/cutmix on the batch as timm's."""
     ours = ours_data_step(
         data.device_images,
         data.device_labels,
@@ -276,15 +276,25 @@ def data_row(setup: Setup) -> dict[str, Any]:
         std=data.std,
         batch_size=batch,
     )
-    loader = reference_loader(data, batch_size=batch, num_workers=setup.num_workers)
     ref = reference_data_step(loader, mixup=Mixup(data.augment, NUM_CLASSES), device=setup.device)
     for step in (ours, ref):
         seconds_per_call(step, 2, setup.device)
     paired = paired_rates(
-        ours, ref, setup, calls=setup.sizes.data_batches, batch=batch, label="data"
+        ours, ref, setup, calls=setup.sizes.data_batches, batch=batch, label=label
     )
     del ours, ref
     gc.collect()
+    return paired
+
+
+def data_row(setup: Setup) -> dict[str, Any]:
+    """The input pipeline alone: batches of augmented images (and soft targets) per second."""
+    case = CASES[-1]
+    batch = setup.batch_for(case)
+    print(f"data pipeline, batch {batch}", flush=True)
+    data = random_data(setup.sizes.images, setup.img_size, setup.device)
+    loader = reference_loader(data, batch_size=batch, num_workers=setup.num_workers)
+    paired = paired_data_rates(setup, data, loader, batch=batch, label="data")
     return make_row(
         "data",
         figure="data pipeline samples/s",
@@ -306,15 +316,6 @@ def recipe_rows(setup: Setup) -> list[dict[str, Any]]:
     print(f"data pipeline, cct300 recipe (RandAugment), batch {batch}", flush=True)
     full = recipe_augment("cct300", setup.img_size)
     data = replace(random_data(setup.sizes.images, setup.img_size, setup.device), augment=full)
-    ours = ours_data_step(
-        data.device_images,
-        data.device_labels,
-        augment=full,
-        num_classes=NUM_CLASSES,
-        mean=data.mean,
-        std=data.std,
-        batch_size=batch,
-    )
     loader = make_pillow_loader(
         data.images,
         data.labels,
@@ -325,13 +326,8 @@ def recipe_rows(setup: Setup) -> list[dict[str, Any]]:
         num_workers=setup.num_workers,
         pin_memory=setup.device.type == "cuda",
     )
-    ref = reference_data_step(loader, mixup=Mixup(full, NUM_CLASSES), device=setup.device)
-    for step in (ours, ref):
-        seconds_per_call(step, 2, setup.device)
-    paired = paired_rates(
-        ours, ref, setup, calls=setup.sizes.data_batches, batch=batch, label="data/randaugment"
-    )
-    del ours, ref, loader
+    paired = paired_data_rates(setup, data, loader, batch=batch, label="data/randaugment")
+    del loader  # ends its DataLoader workers before the training steps are timed
     gc.collect()
     rows = [
         make_row(
