@@ -118,7 +118,7 @@ class StatusTable(Callback):
         if time.monotonic() - self.last_print >= self.every_s:
             self._print(trials)
 
-    def _ended(self, trials, trial, how: str) -> None:
+    def _ended(self, trial, how: str) -> None:
         last = self._last(trial)
         if last.get(FAILURE_TAG):  # the worker's report of a failure no retry heals
             message = last.get(FAILURE_MESSAGE_TAG, "")
@@ -136,7 +136,7 @@ class StatusTable(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._ended(trials, trial, "finished")
+        self._ended(trial, "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trials, trial, "errored")
+        self._ended(trial, "errored")

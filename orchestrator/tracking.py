@@ -31,16 +31,19 @@ def is_local_store(uri: str) -> bool:
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """The experiment's id, creating it (with an absolute artifact location) if needed."""
-    kind = {runs.EXPERIMENT_KIND_TAG: runs.TRAINING_KIND}
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         if runs.EXPERIMENT_KIND_TAG not in found.tags:  # a store from before the tag
-            client.set_experiment_tag(found.experiment_id, *next(iter(kind.items())))
+            client.set_experiment_tag(
+                found.experiment_id, runs.EXPERIMENT_KIND_TAG, runs.TRAINING_KIND
+            )
         return found.experiment_id
     location = str((artifact_root / name).resolve()) if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location, tags=kind)
+    return client.create_experiment(
+        name, artifact_location=location, tags={runs.EXPERIMENT_KIND_TAG: runs.TRAINING_KIND}
+    )
 
 
 def create_parent_run(
