@@ -62,6 +62,7 @@ LOGITS_KEYS = (
 SHP_DIR = "shp"  # the analysis on validation: the only one selection and the report read
 SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
 SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
+SWEEP_SUMMARY_ARTIFACT = f"{SWEEP_DIR}/summary.json"
 REPORT_DIR = "report"
 COMMITTEE_JSON = "committee.json"
 # per-block SHP summary key -> MLflow metric (step = block index), so the UI draws them

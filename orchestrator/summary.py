@@ -12,7 +12,14 @@ from mlflow.tracking import MlflowClient
 
 from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
-from analysis.runs import FAILURE_TAG, SWEEP_DIR
+from analysis.runs import (
+    FAILURE_TAG,
+    SWEEP_DIR,
+    SWEEP_SUMMARY_ARTIFACT,
+    TRIAL_ID_TAG,
+    trial_runs,
+)
+from orchestrator.compute import COST, HOURS_KEYS, cost, format_compute, sweep_compute
 from search_spaces import SweepSpec
 
 SHOWN = ("val_accuracy", "test_accuracy", "latency_ms", "macs", "params")
@@ -30,6 +37,11 @@ def summarize(
     """The sweep's trials, its best (or Pareto front), logged to the parent run. After an
     interruption a trial short of its end is "interrupted", never among the best."""
     unfinished = "interrupted" if interrupted else "stopped"
+    # The hours come from MLflow: Tune's last result of a trial predates its analysis.
+    hours = {
+        run.data.tags.get(TRIAL_ID_TAG): {k: run.data.metrics.get(k) for k in HOURS_KEYS}
+        for run in trial_runs(client, experiment_id, parent_run_id)
+    }
     rows = []
     errored = 0
     for result in results:
@@ -43,8 +55,12 @@ def summarize(
                 "status": "error" if failed else ("done" if "test_accuracy" in m else unfinished),
                 "epochs": m.get("epoch"),
                 **{k: m.get(k) for k in SHOWN},
+                **hours.get(m.get("trial_id"), {}),
             }
         )
+        price = cost(rows[-1], spec.resources)
+        if price is not None:
+            rows[-1][COST] = price
     finished = [r for r in rows if r["status"] == "done"]
     first, mode = spec.objectives[0]
     ranked = sorted(  # never a failed one (its objectives are NaN) or an interrupted one
@@ -61,15 +77,21 @@ def summarize(
         "finished": len(finished),
         "errored": errored,
         "importance": importances(spec.search, rows, spec.objectives),
+        "compute": sweep_compute(hours.values(), spec.resources),  # every trial run's
     }
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (Path(d) / Path(SWEEP_SUMMARY_ARTIFACT).name).write_text(
+            json.dumps(summary, indent=2, default=str)
+        )
         client.log_artifacts(parent_run_id, d, SWEEP_DIR)
     for name in ("val_accuracy", "test_accuracy"):
         values = [r[name] for r in finished if r.get(name) is not None]
         if values:
             client.log_metric(parent_run_id, f"best_{name}", max(values))
     client.log_metric(parent_run_id, "trials_finished", len(finished))
+    for key in (*HOURS_KEYS, COST):
+        if key in summary["compute"]:
+            client.log_metric(parent_run_id, key, summary["compute"][key])
     for metric, entry in summary["importance"].items():
         for key, value in entry.get("values", {}).items():
             client.log_metric(parent_run_id, f"importance.{metric}.{key}", value)
@@ -100,6 +122,7 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         title=f"{title} of sweep {spec.name!r} ({summary['finished']} finished, "
         f"{summary['errored']} errored)",
     )
+    print(f"\n{format_compute(summary['compute'], spec.resources)}")
     if spec.search:
         print("\nWhich searched keys mattered (share of each objective's variance):")
         print("\n".join(format_importances(summary["importance"])))

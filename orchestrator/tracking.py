@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis import runs
 from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
 from cct.config import flatten
+from orchestrator.compute import WALL_HOURS
 
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
@@ -127,7 +128,12 @@ class NullTracker:
     def log_start(self, info: dict[str, Any]) -> None:
         pass
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
+    earlier_wall_hours = 0.0
+
+    def log_epoch(self, metrics: dict[str, Any], compute: dict[str, float] | None = None) -> None:
+        pass
+
+    def log_compute(self, hours: dict[str, float]) -> None:
         pass
 
     def log_final(self, result: dict[str, Any], artifacts: Path | None) -> None:
@@ -149,6 +155,10 @@ class RunTracker(NullTracker):
         self.run_id = run_id
         history = self.client.get_metric_history(run_id, "train_loss")
         self.logged_epochs = {m.step for m in history}
+        # The hours are cumulative, one point per log: a restart carries on from the last.
+        wall = self.client.get_metric_history(run_id, WALL_HOURS)
+        self.earlier_wall_hours = max((m.value for m in wall), default=0.0)
+        self.compute_step = len(wall)
 
     def log_start(self, info: dict[str, Any]) -> None:
         tags = {
@@ -170,15 +180,27 @@ class RunTracker(NullTracker):
             ),
         )
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
+    def log_epoch(self, metrics: dict[str, Any], compute: dict[str, float] | None = None) -> None:
+        """The epoch's metrics (unless an earlier attempt logged them) and, in the same
+        call, the compute held so far."""
         epoch = int(metrics["epoch"])
-        if epoch in self.logged_epochs:
-            return
-        self.client.log_batch(
-            self.run_id,
-            metrics=_metrics({k: metrics[k] for k in EPOCH_METRICS if k in metrics}, epoch),
+        batch = (
+            []
+            if epoch in self.logged_epochs
+            else _metrics({k: metrics[k] for k in EPOCH_METRICS if k in metrics}, epoch)
         )
+        if compute is not None:
+            batch += self._compute_points(compute)
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
         self.logged_epochs.add(epoch)
+
+    def log_compute(self, hours: dict[str, float]) -> None:
+        self.client.log_batch(self.run_id, metrics=self._compute_points(hours))
+
+    def _compute_points(self, hours: dict[str, float]) -> list[Metric]:
+        self.compute_step += 1
+        return _metrics(hours, step=self.compute_step)
 
     def tag(self, key: str) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(key)

@@ -15,6 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from orchestrator.compute import Held
 from orchestrator.tracking import child_run
 from orchestrator.worker import HELD, train_loop_per_worker
 from search_spaces import SweepSpec, config_for_trial
@@ -83,6 +84,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "latency_shared": ctx.latency_shared,
             "objectives": [name for name, _ in spec.objectives],
             "gpus_per_worker": res.gpus_per_worker,
+            "held": dataclasses.asdict(Held.of(res)),
             "simulated_gpus": ctx.simulated_gpus,
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),

@@ -29,6 +29,7 @@ from cct.config import ConfigError, TrainConfig
 from cct.data import DeviceData, load_dataset
 from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
 from orchestrator.cluster import this_node_id
+from orchestrator.compute import ComputeClock, Held
 from orchestrator.tracking import NullTracker, RunTracker
 
 # A report carrying HELD reaches Ray Train (its checkpoint is kept) but not Tune
@@ -74,9 +75,13 @@ def simulated_gpus(config: dict[str, Any]) -> bool:
 
 class RayCallbacks:
     def __init__(
-        self, tracker: NullTracker, analysis: dict[str, Any] | None, data: DeviceData
+        self,
+        tracker: NullTracker,
+        analysis: dict[str, Any] | None,
+        data: DeviceData,
+        clock: ComputeClock | None = None,
     ) -> None:
-        self.tracker, self.analysis, self.data = tracker, analysis, data
+        self.tracker, self.analysis, self.data, self.clock = tracker, analysis, data, clock
         self.last_report: dict[str, Any] = {}
 
     def on_start(self, info: dict[str, Any]) -> None:
@@ -87,7 +92,7 @@ class RayCallbacks:
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the
         # tracker skips it (already logged) instead of leaving a gap.
-        self.tracker.log_epoch(metrics)
+        self.tracker.log_epoch(metrics, self.clock.hours() if self.clock else None)
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if metrics.get("final"):
             self.last_report = report
@@ -182,17 +187,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     tracker = RunTracker(config["tracking_uri"], config["run_id"]) if rank == 0 else NullTracker()
+    clock = None
+    if rank == 0 and "held" in config:
+        clock = ComputeClock(Held(**config["held"]), tracker.earlier_wall_hours)
     objectives = list(config.get("objectives", []))
-    failure = failed_before(config)
-    if failure is None:
-        wait_for_memory(config)
-        failure = _fit(cfg, config, tracker, world)
-    if failure is not None:
-        report_failure(tracker, *failure, objectives)
+    try:
+        failure = failed_before(config)
+        if failure is None:
+            wait_for_memory(config)
+            failure = _fit(cfg, config, tracker, world, clock)
+        if failure is not None:
+            report_failure(tracker, *failure, objectives)
+    finally:
+        if clock is not None:  # the final evaluation and analysis, or up to a crash
+            _log_compute(tracker, clock)
+
+
+def _log_compute(tracker: NullTracker, clock: ComputeClock) -> None:
+    try:
+        tracker.log_compute(clock.hours())
+    except Exception as e:  # never hide the error that brought us here
+        print(f"could not log the trial's compute hours: {e}", file=sys.stderr)
 
 
 def _fit(
-    cfg: TrainConfig, config: dict[str, Any], tracker: NullTracker, world: int
+    cfg: TrainConfig,
+    config: dict[str, Any],
+    tracker: NullTracker,
+    world: int,
+    clock: ComputeClock | None = None,
 ) -> tuple[str, str] | None:
     """Run the trainer; (reason, message) for a failure no retry heals, else None."""
     checkpoint = ray.train.get_checkpoint()
@@ -203,7 +226,7 @@ def _fit(
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
             fit(
                 cfg,
-                callbacks=RayCallbacks(tracker, config.get("analysis"), data),
+                callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock),
                 resume_from=Path(folder) if folder else None,
                 data=data,
                 latency_shared=config.get("latency_shared", False),

@@ -79,6 +79,13 @@ def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
         lines.append(f"  time budget    {t.time_budget_s:g} s for the whole sweep")
     if t.max_epochs_without_gain is not None:
         lines.append(f"  early stop     after {t.max_epochs_without_gain} epochs without gain")
+    prices = [
+        f"{price:g} per {unit}-hour"
+        for price, unit in ((r.price_per_gpu_hour, "GPU"), (r.price_per_cpu_hour, "CPU"))
+        if price is not None
+    ]
+    if prices:
+        lines.append(f"  prices         {', '.join(prices)} (the summary's cost)")
     lines.append("Fixed config (base; every other key has its TrainConfig default):")
     searched = {k for k, _ in spec.search} | ({"seed"} if t.seeds else set())
     defaults = flatten(TrainConfig().to_dict())

@@ -87,6 +87,9 @@ class ResourcesSpec:
     cpus_per_worker: float = field(default=1.0, metadata=POSITIVE)
     # None: as many as fit
     max_concurrent_trials: int | None = field(default=None, metadata=at_least(1))
+    # In any currency: the sweep's GPU-hours and CPU-hours become a cost (orchestrator.compute)
+    price_per_gpu_hour: float | None = field(default=None, metadata=at_least(0))
+    price_per_cpu_hour: float | None = field(default=None, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

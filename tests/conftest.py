@@ -42,7 +42,8 @@ EPOCHS = 12
 SWEEP = small_sweep_yaml(
     name="e2e",
     epochs=EPOCHS,
-    resources="{workers_per_trial: 2, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
+    resources="{workers_per_trial: 2, cpus_per_worker: 0.45, max_concurrent_trials: 2, "
+    "price_per_cpu_hour: 0.5}",
     analysis="{blocks: all}",
     checkpoint_every=2,  # a resume repeats up to one epoch, which MLflow must not log twice
 )

@@ -107,6 +107,26 @@ def hand_sweep(with_shp: bool = True) -> SweepData:
         n_val=400,
         n_test=400,
         committee=None,
+        sweep_summary={
+            "objectives": [["val_accuracy", "max"]],
+            "trials": [
+                {
+                    "config": {"model.num_heads": h, "model.conv_blocks": c},
+                    "status": st,
+                    "val_accuracy": v,
+                }
+                for h, c, v, st in [
+                    (2, 0, 0.96, "done"),
+                    (8, 0, 0.955, "done"),
+                    (8, 1, 0.94, "done"),
+                    (4, 1, None, "error"),
+                ]
+            ],
+            "importance": {
+                "val_accuracy": {"trials": 3, "note": "not enough trials (3 finished, at least 8)"}
+            },
+        },  # fmt: skip
+        sweep_metrics={"gpu_hours": 1.5, "cpu_hours": 12.0, "wall_hours": 0.5, "cost": 3.75},
     )
 
 
@@ -116,11 +136,16 @@ def images(page: str) -> list[str]:
 
 def test_page_on_a_hand_made_sweep_is_self_contained_with_a_figure_per_section():
     page = build_page(hand_sweep(), tracking_uri="sqlite:///x.db", fetch=None)
-    # accuracy, SNR, heads, latency: four pictures; no committee run yet
-    assert len(images(page)) == 4
+    # accuracy, SNR, heads, latency, the search's parallel coordinates; no committee run yet
+    assert len(images(page)) == 5
     assert all('src="data:image/png;base64,' in img for img in images(page))
     assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page
-    assert 'content="4"' in page  # <meta name="cct-report-figures">
+    assert 'content="5"' in page  # <meta name="cct-report-figures">
+    assert 'alt="parallel coordinates of model.conv_blocks, model.num_heads' in page
+    assert "Each line is a trial (3, stopped ones included)" in page  # not the errored one
+    assert "not enough trials (3 finished, at least 8)" in page
+    assert "Compute held by the sweep: 1.5 GPU-hours and 12 CPU-hours" in page
+    assert "cost 3.75." in page
     assert "No committee run for this sweep yet" in page
     assert "--no-remeasure" in page  # says the latencies are the logged ones
     assert page.count('class="badge') == 5
@@ -131,7 +156,7 @@ def test_page_says_which_trials_lack_analysis_and_still_renders():
     page = build_page(hand_sweep(with_shp=False), tracking_uri="sqlite:///x.db", fetch=None)
     assert "1 of 3 trials have no SHP analysis" in page and "trial_r1 (run r1)" in page
     assert "The best trial trial_r1 has no head analysis" in page
-    assert len(images(page)) == 4
+    assert len(images(page)) == 5
 
 
 def test_page_without_any_analysis_names_what_is_missing():
@@ -139,7 +164,24 @@ def test_page_without_any_analysis_names_what_is_missing():
     data = replace(data, trials=[replace(t, shp=None) for t in data.trials])
     page = build_page(data, tracking_uri="sqlite:///x.db", fetch=None)
     assert "3 of 3 trials have no SHP analysis" in page
-    assert len(images(page)) == 2  # accuracy and latency only
+    assert len(images(page)) == 3  # accuracy, latency and the search only
+
+
+def test_page_of_a_sweep_still_running_says_the_search_summary_is_missing():
+    data = replace(hand_sweep(), sweep_summary=None, sweep_metrics={})
+    page = build_page(data, tracking_uri="sqlite:///x.db", fetch=None)
+    assert "The sweep run has no sweep/summary.json: it is written when the sweep ends." in page
+    assert "Compute held by the sweep" not in page
+    assert len(images(page)) == 4
+
+
+def test_the_search_importance_table_lists_each_key_when_there_are_values():
+    data = hand_sweep()
+    summary = {**data.sweep_summary, "importance": {"val_accuracy": {
+        "trials": 12, "evaluator": "fANOVA", "values": {"model.conv_blocks": 0.9, "model.num_heads": 0.1}
+    }}}  # fmt: skip
+    page = build_page(replace(data, sweep_summary=summary), tracking_uri="x", fetch=None)
+    assert re.search(r"model\.conv_blocks</td><td[^>]*>0\.90</td><td[^>]*>12<", page), page
     assert page.count("not enough data") >= 2  # SNR and specialisation
 
 
@@ -246,6 +288,11 @@ def real_report(sweep, mlflow_runs):
         "client": client,
         "parent": parent.info.run_id,
         "committee": committee_exists(client, parent.info.run_id),
+        # the search section draws its parallel coordinates when the head counts differ
+        "varied": len(
+            {r.data.params["model.num_heads"] for r in runs if r.data.tags.get("role") == "trial"}
+        )
+        > 1,
     }
 
 
@@ -261,7 +308,11 @@ def test_report_on_the_real_sweep_is_logged_and_self_contained(real_report):
     assert "have no SHP analysis" not in page  # every trial of the sweep was analysed
     assert "Re-measured here, no other trial running" in page
     assert ("No committee run for this sweep yet" in page) != r["committee"]
-    assert len(images(page)) == 4 + r["committee"]
+    assert len(images(page)) == 4 + r["varied"] + r["committee"]
+    # Both trials across their searched head counts, and the hours the sweep logged.
+    assert ("Each line is a trial (2, stopped ones included)" in page) == r["varied"]
+    assert "val_accuracy</td><td" in page and "not enough trials (2 finished" in page
+    assert "Compute held by the sweep: 0 GPU-hours and " in page
 
 
 @pytest.mark.slow
@@ -373,7 +424,7 @@ def test_report_opens_in_a_headless_browser_with_every_picture(real_report, tmp_
         state = _browser_images_selenium(page.as_uri(), shot, profile)
     else:
         state = _browser_images_cli(page, shot, profile)
-    assert len(state) == 4 + real_report["committee"], state
+    assert len(state) == 4 + real_report["varied"] + real_report["committee"], state
     assert all(complete and width > 0 for complete, width, _ in state), state
     assert shot.is_file() and shot.stat().st_size > 10_000
     if os.environ.get("CCT_REPORT_SCREENSHOT"):

@@ -87,6 +87,32 @@ def test_child_runs_hold_results_params_and_artifacts(mlflow_runs):
     assert heads <= {"2", "4"}
 
 
+def test_compute_hours_add_up_over_attempts_and_trials(sweep, mlflow_runs):
+    client, runs = mlflow_runs
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    restarted = 0
+    for run in trials:
+        m, run_id = run.data.metrics, run.info.run_id
+        assert m["gpu_hours"] == 0
+        assert m["cpu_hours"] == pytest.approx(m["wall_hours"] * 2 * 0.45)  # 2 workers held
+        # Cumulative over the attempts: a restart carries on from the hours before it.
+        points = sorted(client.get_metric_history(run_id, "wall_hours"), key=lambda p: p.step)
+        values = [p.value for p in points]
+        assert values == sorted(values) and values[-1] > 0, values
+        epoch_s = sum(p.value for p in client.get_metric_history(run_id, "epoch_seconds"))
+        assert m["wall_hours"] * 3600 >= epoch_s
+        restarted += len(client.get_metric_history(run_id, "attempt_first_epoch")) > 1
+    assert restarted, "no trial was restarted: the sweep fixture should kill a worker"
+    total = sum(r.data.metrics["cpu_hours"] for r in trials)
+    assert parent.data.metrics["cpu_hours"] == pytest.approx(total)
+    assert parent.data.metrics["gpu_hours"] == 0
+    assert parent.data.metrics["cost"] == pytest.approx(total * 0.5)
+    assert "Compute held: 0 GPU-hours, " in sweep["log"]
+    assert "over 2 trial(s), restarts included; cost " in sweep["log"]
+    assert " at 0.5 per CPU-hour" in sweep["log"]
+
+
 def test_epochs_continue_after_each_crash(sweep):
     root = sweep["root"]
     # trials cut off mid-run (one that had already finished is not run again)

@@ -152,6 +152,7 @@ def build_page(
         heads_section,
         latency_section,
         methods_section,
+        search_section,
         snr_section,
         trials_section,
     )
@@ -164,6 +165,7 @@ def build_page(
         heads_section(data),
         latency_section(data, lat, remeasured=fetch is not None),
         committee_section(data),
+        search_section(data),
         trials_section(data, lat),
         methods_section(verdict_list),
     ]

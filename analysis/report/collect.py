@@ -91,6 +91,9 @@ class SweepData:
     n_test: int | None
     committee: Committee | None  # the one the verdict reads (see committee_runs)
     committee_runs: tuple[Committee, ...] = ()  # every committee run, earliest first
+    # sweep/summary.json, written when the sweep ended (orchestrator.summary); None before
+    sweep_summary: dict[str, Any] | None = None
+    sweep_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def best(self) -> Trial:
@@ -160,6 +163,10 @@ def collect(
         n_test=n_test,
         committee=next((c for c in committees if c.judged), None),
         committee_runs=committees,
+        sweep_summary=_json_artifact(
+            client, sweep.info.run_id, runs.SWEEP_SUMMARY_ARTIFACT, workdir
+        ),
+        sweep_metrics=dict(sweep.data.metrics),
     )
 
 

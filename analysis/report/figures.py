@@ -319,3 +319,63 @@ def committee_figure(
     _style(a2, "", "accuracy (%)")
     fig.tight_layout()
     return to_png(fig)
+
+
+# --------------------------------------------------------------------------------------
+# the search: every trial across the searched keys
+
+
+@styled
+def parallel_coordinates_figure(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], objective: str, mode: str
+) -> bytes:
+    """One vertical axis per searched key and one for the objective; each trial a line,
+    coloured by its objective (the best: yellow, drawn on top). Numbers are scaled to
+    their axis's range (a key holding several orders of magnitude on a log scale), other
+    values spread evenly in sorted order; each axis is labelled with its values."""
+    axes = [*keys, objective]
+    scaled = {a: _axis_scale([r[a] for r in rows]) for a in axes}
+    scores = np.array([float(r[objective]) for r in rows])
+    lo, hi = scores.min(), scores.max()
+    order = np.argsort(scores if mode == "max" else -scores)  # the best is drawn last
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(axes)), 3.8))
+    cmap = plt.get_cmap("viridis")
+    for i in order:
+        shade = 0.5 if hi == lo else (scores[i] - lo) / (hi - lo)
+        shade = shade if mode == "max" else 1 - shade
+        ys = [scaled[a][0](rows[i][a]) for a in axes]
+        ax.plot(range(len(axes)), ys, "-o", color=cmap(shade), lw=1.4, ms=3.5, alpha=0.85)
+    for x, a in enumerate(axes):
+        ax.axvline(x, color="#888", lw=0.8)
+        for y, label in scaled[a][1]:
+            ax.text(x + 0.04, y, label, fontsize=7.5, va="center", color="#333")
+    ax.set_xticks(range(len(axes)), axes)
+    ax.set_yticks([])
+    ax.set_ylim(-0.06, 1.06)
+    ax.set_xlim(-0.2, len(axes) - 0.6)
+    ax.spines[["top", "right", "left"]].set_visible(False)
+    sm = plt.cm.ScalarMappable(cmap=cmap if mode == "max" else cmap.reversed())
+    sm.set_clim(lo, hi)
+    fig.colorbar(sm, ax=ax, label=objective, pad=0.02)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def _axis_scale(values: Sequence[Any]) -> tuple[Callable[[Any], float], list[tuple[float, str]]]:
+    """(value -> position in [0, 1], the (position, label) ticks) for one axis."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numeric:
+        cats = sorted({str(v) for v in values})
+        pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+        return (lambda v: pos[str(v)]), [(pos[c], c) for c in cats]
+    lo, hi = float(min(values)), float(max(values))
+    log = lo > 0 and hi / lo >= 20
+    f = math.log10 if log else float
+    a, b = f(lo), f(hi)
+
+    def position(v: Any) -> float:
+        return 0.5 if a == b else (f(float(v)) - a) / (b - a)
+
+    distinct = sorted({float(v) for v in values})
+    shown = distinct if len(distinct) <= 6 else [lo, hi]
+    return position, [(position(v), f"{v:.3g}") for v in shown]

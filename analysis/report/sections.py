@@ -343,6 +343,10 @@ def _shared(t: Trial) -> bool:
     return t.tags.get("latency_shared") == "true"
 
 
+def _hours(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def _count(x: float | None) -> str:
     if x is None:
         return "-"
@@ -486,6 +490,8 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
             num(t.metric("latency_ms"), 3),
             num(lat[t.run_id].latency_ms, 3) if lat[t.run_id].source == "re-measured" else "",
             "yes" if t.shp and t.shp.blocks else "missing",
+            _hours(t.metric("gpu_hours")),
+            _hours(t.metric("cpu_hours")),
         ]
         for t in data.trials
     ]
@@ -508,12 +514,75 @@ def trials_section(data: SweepData, lat: dict[str, Latency]) -> Section:
                     "in-sweep ms",
                     "re-measured ms",
                     "SHP",
+                    "GPU-h",
+                    "CPU-h",
                 ],
                 rows,
             )
         ],
         notes=[f"Trial runs left out (not finished): {left}."] if left else [],
     )
+
+
+def search_section(data: SweepData) -> Section:
+    """What the search found: each searched key's importance for each objective (fANOVA,
+    as the sweep's summary computed it), every trial across the searched keys, and the
+    compute the sweep held."""
+    common = dict(id="search", title="The search: which knobs mattered", notes=_compute_notes(data))
+    summary = data.sweep_summary
+    if summary is None:
+        return Section(
+            **common,
+            missing=["The sweep run has no sweep/summary.json: it is written when the sweep ends."],
+        )
+    objective, mode = summary["objectives"][0]
+    rows = [
+        {**r["config"], objective: r[objective]}
+        for r in summary["trials"]
+        if r["status"] in ("done", "stopped") and isinstance(r.get(objective), (int, float))
+    ]
+    keys = sorted({k for r in rows for k in r if k != objective})
+    varied = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+    table = Table(["objective", "searched key", "importance", "trials"], _importance_rows(summary))
+    if len(rows) < 2 or not varied:
+        return Section(
+            **common,
+            tables=[table],
+            missing=[f"Parallel coordinates need 2 trials or more with a searched key that "
+                     f"varies ({len(rows)} trial(s), {len(varied)} varied key(s))."],
+        )  # fmt: skip
+    rows = [r for r in rows if all(k in r for k in varied)]
+    return Section(
+        **common,
+        caption=f"Each line is a trial ({len(rows)}, stopped ones included), coloured by "
+        f"{objective}. Importance: the share of the objective's variance each key explains "
+        "over the finished trials (fANOVA); below 8 trials it is not computed.",
+        image=figs.parallel_coordinates_figure(rows, varied, objective, mode),
+        image_alt=f"parallel coordinates of {', '.join(varied)} against {objective}",
+        tables=[table],
+    )
+
+
+def _importance_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for metric, entry in summary.get("importance", {}).items():
+        if "values" in entry:
+            for key, value in entry["values"].items():
+                rows.append([metric, key, num(value), str(entry["trials"])])
+        else:
+            rows.append([metric, "-", entry.get("note", "-"), str(entry.get("trials", 0))])
+    return rows
+
+
+def _compute_notes(data: SweepData) -> list[str]:
+    m = data.sweep_metrics
+    if "gpu_hours" not in m:
+        return []
+    note = (
+        f"Compute held by the sweep: {m['gpu_hours']:.3g} GPU-hours and {m['cpu_hours']:.3g} "
+        "CPU-hours (each trial's resources × its workers' wall time, restarts included)"
+    )
+    return [note + (f"; cost {m['cost']:.2f}." if "cost" in m else ".")]
 
 
 def methods_section(verdict_list: Sequence[Verdict]) -> Section:
