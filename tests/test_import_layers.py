@@ -12,8 +12,8 @@ FORBIDDEN = {
     "analysis": {"ray", "orchestrator", "search_spaces"},
     "orchestrator": set(),
 }
-# Inside analysis/: the run contract, the Pareto front and the importances at the bottom,
-# then shp, committee (reads SHP label sets) and report (reads everything) on top.
+# Inside analysis/: the run contract, the Pareto front, the importances and the progress bars
+# at the bottom, then shp, committee (reads SHP label sets) and report (reads everything) on top.
 ANALYSIS = {
     "analysis/pareto.py": {
         "analysis.runs",
@@ -22,6 +22,12 @@ ANALYSIS = {
         "analysis.report",
     },
     "analysis/importance.py": {
+        "analysis.runs",
+        "analysis.shp",
+        "analysis.committee",
+        "analysis.report",
+    },
+    "analysis/progress.py": {
         "analysis.runs",
         "analysis.shp",
         "analysis.committee",

@@ -202,6 +202,15 @@ def test_per_unit_fields_add_up_to_the_readout_logits(tmp_path, synthetic, pooli
         assert b["readout_accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
 
 
+def test_the_analysis_shows_its_progress_block_by_block(tmp_path, synthetic, monkeypatch, capsys):
+    monkeypatch.setenv("CCT_PROGRESS", "1")  # stderr is no terminal here
+    analyze_model(small_model(synthetic), synthetic, blocks=[1, 2], out_dir=tmp_path, options=FAST)
+    err = capsys.readouterr().err
+    # two passes (training features and readouts, held-out), then each block
+    assert "SHP analysis:" in err and "/4 [" in err and "held-out pass" in err, err
+    assert "3/4" in err and "block 2" in err, err
+
+
 def test_seqpool_streams_token_features_when_they_do_not_fit(tmp_path, synthetic):
     model = small_model(synthetic)
     kw = dict(blocks=[1, 2], pooling="seqpool", fit="fast")

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import runs
 from analysis.committee.select import Candidate, CommitteeError, accuracy, check_same_split
+from analysis.progress import progress
 from analysis.shp.summary import read_summary
 
 
@@ -51,7 +52,10 @@ def sweep_candidates(
             f"sweep run {sweep.info.run_id} has no finished trial runs"
             + ("" if include_stopped else " (early-stopped ones need --include-stopped)")
         )
-    candidates = [load_candidate(client, r, workdir) for r in trial_runs]
+    candidates = [
+        load_candidate(client, r, workdir)
+        for r in progress(trial_runs, "reading the trials' logits", unit="run")
+    ]
     best = int(np.argmax([accuracy(c.val_logits, c.val_labels) for c in candidates]))
     check_same_split(candidates, reference=best)
     return candidates

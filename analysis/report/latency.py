@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.pareto import pareto_front
+from analysis.progress import bar
 from analysis.report.collect import Trial
 
 MAX_FINALISTS = 4
@@ -103,6 +104,7 @@ def time_rounds(
         torch.set_num_threads(threads)
     per_round = max(5, runs // rounds)
     times: dict[str, list[list[float]]] = {k: [] for k in models}
+    ticks = bar((rounds + 1) * len(models), "re-measuring latency", unit="timing")
     try:
         for _ in range(rounds):
             for run_id, model in models.items():
@@ -111,11 +113,13 @@ def time_rounds(
                 times[run_id].append(
                     time_forward(model, shape, batch_size=1, runs=per_round, warmup=3)
                 )
+                ticks.update()
         out = {}
         for run_id, model in models.items():
             s = model.settings
             shape = (s.in_channels, s.img_size, s.img_size)
             batch = time_forward(model, shape, batch_size=64, runs=max(5, runs // 10), warmup=2)
+            ticks.update()
             flat = [t for r in times[run_id] for t in r]
             rounds_ms = tuple(1e3 * statistics.median(r) for r in times[run_id])
             out[run_id] = Latency(
@@ -131,6 +135,7 @@ def time_rounds(
             )
         return out
     finally:
+        ticks.close()
         torch.set_num_threads(before)
 
 
