@@ -64,6 +64,7 @@ SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
 SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
 SWEEP_SUMMARY_ARTIFACT = f"{SWEEP_DIR}/summary.json"
 REPORT_DIR = "report"
+LOGS_DIR = "logs"  # a trial's worker output: rank<k>-<node>-<pid>.log per rank and attempt
 COMMITTEE_JSON = "committee.json"
 # per-block SHP summary key -> MLflow metric (step = block index), so the UI draws them
 SHP_BLOCK_METRICS = {

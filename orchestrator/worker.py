@@ -31,6 +31,7 @@ from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
 from orchestrator.cluster import this_node_id
 from orchestrator.compute import ComputeClock, Held
 from orchestrator.tracking import NullTracker, RunTracker
+from orchestrator.worker_log import trial_log
 
 # A report carrying HELD reaches Ray Train (its checkpoint is kept) but not Tune
 # (orchestrator.trial.HoldingTuneReport): the last epoch's, until the analysis is done, as
@@ -183,8 +184,13 @@ def wait_for_memory(config: dict[str, Any]) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    cfg = TrainConfig.from_dict(config["train_config"])
     rank = ray.train.get_context().get_world_rank()
+    with trial_log(config["tracking_uri"], config["run_id"], rank, this_node_id()):
+        _train(config, rank)
+
+
+def _train(config: dict[str, Any], rank: int) -> None:
+    cfg = TrainConfig.from_dict(config["train_config"])
     world = ray.train.get_context().get_world_size()
     tracker = RunTracker(config["tracking_uri"], config["run_id"]) if rank == 0 else NullTracker()
     clock = None

@@ -9,6 +9,7 @@ then check what MLflow and Ray's files hold.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,12 +80,28 @@ def test_child_runs_hold_results_params_and_artifacts(mlflow_runs):
         assert p["data.dataset"] == "digits"
         assert t["split_hash"] and t["device"]
         files = {f.path for f in client.list_artifacts(run.info.run_id)}
-        assert {"checkpoint", "logits", "shp"} <= files
+        assert {"checkpoint", "logits", "shp", "logs"} <= files
         ckpt = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert {"checkpoint/model.pt", "checkpoint/model.json"} <= ckpt
         shp = {f.path for f in client.list_artifacts(run.info.run_id, "shp")}
         assert "shp/summary.json" in shp
     assert heads <= {"2", "4"}
+
+
+def test_each_workers_output_is_logged_on_its_trial_run(mlflow_runs, tmp_path):
+    client, runs = mlflow_runs
+    for run in (r for r in runs if r.data.tags.get("role") == "trial"):
+        logs = [f.path for f in client.list_artifacts(run.info.run_id, "logs")]
+        for rank in (0, 1):  # both workers of the last attempt, at least
+            mine = [p for p in logs if p.startswith(f"logs/rank{rank}-")]
+            assert mine, (rank, logs)
+            text = Path(
+                client.download_artifacts(run.info.run_id, mine[-1], str(tmp_path))
+            ).read_text()
+            # Ray Train's report lines, once each (its handler is pointed at the copy)
+            lines = [line for line in text.splitlines() if "Reporting training result" in line]
+            assert lines and all(line.endswith(f"from rank {rank}") for line in lines), lines
+            assert len(lines) == len(set(lines)), lines
 
 
 def test_compute_hours_add_up_over_attempts_and_trials(sweep, mlflow_runs):
