@@ -42,8 +42,18 @@ FAILURE_TAG, FAILURE_MESSAGE_TAG = "failure_reason", "failure_message"
 FINAL_LOGGED_TAG, ANALYSIS_LOGGED_TAG = "final_logged", "analysis_logged"
 
 # on every experiment the product creates: MLflow 3's UI opens an experiment of this kind on
-# its training runs (one without a kind opens on the GenAI traces overview, empty here)
+# its training runs (one without a kind opens on the GenAI traces overview, empty here)...
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# ...unless its GenAI / Model training switch is shown (MLflow 3.17): then the switch decides,
+# remembered per browser and GenAI at first; this URL parameter sets it to the runs.
+UI_RUNS_QUERY = "workflowType=machine_learning"
+
+
+def ui_runs_url(server: str, experiment_id: str) -> str:
+    """The page of the UI at `server` that lists the experiment's runs."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{UI_RUNS_QUERY}"
+
+
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (Markdown)
 
 # artifact paths, relative to a run's artifact root

@@ -18,6 +18,7 @@ from analysis.runs import (
     SWEEP_SUMMARY_ARTIFACT,
     TRIAL_ID_TAG,
     trial_runs,
+    ui_runs_url,
 )
 from orchestrator.compute import COST, HOURS_KEYS, cost, format_compute, sweep_compute
 from search_spaces import SweepSpec
@@ -70,6 +71,7 @@ def summarize(
     )
     summary = {
         "sweep": spec.name,
+        "experiment_id": experiment_id,
         "objectives": [list(o) for o in spec.objectives],
         "trials": rows,
         "best": ranked[:5],
@@ -127,10 +129,12 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         print("\nWhich searched keys mattered (share of each objective's variance):")
         print("\n".join(format_importances(summary["importance"])))
     print(f"\nMLflow store: {tracking_uri}  (experiment {spec.experiment!r})")
+    exp_id = summary["experiment_id"]
     if tracking_uri.startswith("sqlite:///"):
-        print(
-            f"  browse:     mlflow ui --backend-store-uri {tracking_uri}   (http://127.0.0.1:5000)"
-        )
+        print(f"  browse:     mlflow ui --backend-store-uri {tracking_uri}")
+        print(f"              then {ui_runs_url('http://127.0.0.1:5000', exp_id)}")
+    elif tracking_uri.startswith(("http://", "https://")):
+        print(f"  browse:     {ui_runs_url(tracking_uri, exp_id)}")
     print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")
     print(f"  report:     python -m analysis.report --experiment {spec.experiment}")
 

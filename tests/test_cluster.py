@@ -55,15 +55,16 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def serve_mlflow(root: Path):
-    """`mlflow server` on loopback with a database backend and proxied artifacts, as the
-    head node of ray_cluster.yaml runs it (there on the private address); yields its URL."""
+def serve_mlflow(root: Path, store: str = "mlflow.db"):
+    """`mlflow server` on loopback with a database backend (`root / store`) and proxied
+    artifacts, as the head node of ray_cluster.yaml runs it (there on the private address);
+    yields its URL."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / store}",
          "--artifacts-destination", str(root / "artifacts")],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -9,6 +9,8 @@ then check what MLflow and Ray's files hold.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,24 @@ def test_optuna_study_keeps_its_trial_count(sweep):
     searcher = OptunaSearch()
     searcher.restore(str(states[-1]))
     assert len(searcher._ot_study.trials) == 2
+
+
+def test_the_link_the_sweep_prints_opens_the_ui_on_its_runs(sweep, tmp_path):
+    """In a headless browser with a fresh profile, as a new user opens it: MLflow 3.17 shows
+    its GenAI overview unless told otherwise, and the printed link tells it."""
+    from tests.test_cluster import serve_mlflow
+    from tests.test_report import CHROMIUM
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
+    link = re.search(r"then (http://127\.0\.0\.1:5000/\S+)", sweep["log"]).group(1)
+    with serve_mlflow(sweep["root"], store="mlflow.db") as url:
+        dom = subprocess.run(
+            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu",
+             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=20000", "--dump-dom",
+             link.replace("http://127.0.0.1:5000", url)],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+    assert "sweep-e2e" in dom, dom[-3000:]  # the sweep run, in the runs table
+    assert "Detect Issues" not in dom  # the GenAI overview's button
