@@ -133,7 +133,7 @@ def prepare_study(place: StudyPlace, spec: SweepSpec, warm: WarmStart | None) ->
                 state=t.state,
                 params=t.params,
                 distributions={k: dists[k] for k in t.params},
-                values=t.values if t.state == TrialState.COMPLETE else None,
+                values=t.values,  # a PRUNED trial's: its last intermediate value
                 intermediate_values=t.intermediate_values,
                 user_attrs={WARM_ATTR: warm.sweep_run_id, "warm_start_trial": t.number},
             )
@@ -185,16 +185,16 @@ class StudyRecorder(Callback):
         values = [_number(last.get(m)) for m in self.metrics]
         if state == TrialState.COMPLETE and None in values:
             state = TrialState.FAIL  # Optuna keeps no COMPLETE trial without its values
-        intermediate = {}
+        intermediate, kept = {}, values if state == TrialState.COMPLETE else None
         if state == TrialState.PRUNED and len(values) == 1 and values[0] is not None:
-            intermediate = {int(last.get("epoch", 0)): values[0]}
+            intermediate, kept = {int(last.get("epoch", 0)): values[0]}, values  # as Optuna does
         params = {k: _plain(v) for k, v in trial.config.items() if k in self.distributions}
         self._study.add_trial(
             optuna.trial.create_trial(
                 state=state,
                 params=params,
                 distributions={k: self.distributions[k] for k in params},
-                values=values if state == TrialState.COMPLETE else None,
+                values=kept,
                 intermediate_values=intermediate,
                 user_attrs={TRIAL_ATTR: trial.trial_id},
             )
