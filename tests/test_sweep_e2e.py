@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.conftest import EPOCHS
+from tests.conftest import EPOCHS, assert_study_agrees
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +116,12 @@ def test_optuna_study_keeps_its_trial_count(sweep):
     searcher = OptunaSearch()
     searcher.restore(str(states[-1]))
     assert len(searcher._ot_study.trials) == 2
+
+
+def test_the_persisted_study_holds_each_trial_once_after_the_crash_and_resume(mlflow_runs):
+    # the driver was killed (no state saved by Tune at the end) and resumed: Tune's
+    # searcher checkpoint and the journal the study lives in must still agree
+    client, runs = mlflow_runs
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert_study_agrees(parent, trials)
