@@ -285,3 +285,22 @@ def _bad_yaml(root: Path) -> str:
         .replace("  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "")
         .replace("num_samples: 4", "num_samples: 4, warm_start: earlier")
     )
+
+
+def test_the_dry_run_checks_the_warm_start_too(earlier, capsys):
+    from orchestrator import sweep
+
+    ok = earlier.root / "dry.yaml"
+    ok.write_text(
+        (earlier.root / "earlier.yaml")
+        .read_text()
+        .replace("name: earlier", "name: dry")
+        .replace("num_samples: 4", "num_samples: 4, warm_start: earlier")
+    )
+    assert sweep.main(["--config", str(ok), "--dry-run"]) == 0
+    assert f"warm start     3 trial(s) of sweep run {earlier.run_id}" in capsys.readouterr().out
+    bad = earlier.root / "dry_bad.yaml"
+    bad.write_text(_bad_yaml(earlier.root))
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--config", str(bad), "--dry-run"])
+    assert e.value.code == 2 and "optim.lr" in capsys.readouterr().err
