@@ -304,3 +304,19 @@ def test_the_dry_run_checks_the_warm_start_too(earlier, capsys):
     with pytest.raises(SystemExit) as e:
         sweep.main(["--config", str(bad), "--dry-run"])
     assert e.value.code == 2 and "optim.lr" in capsys.readouterr().err
+
+
+def test_the_driver_seeds_a_new_sweep_run_once_and_tags_where_from(earlier, capsys):
+    from orchestrator.driver import sweep_study
+
+    spec = _spec(earlier.root, name="driven", tune=", warm_start: earlier")
+    warm = find_warm_start(spec, earlier.uri, fresh=False)
+    client = MlflowClient(earlier.uri)
+    run_id = _sweep_run(client, spec)
+    place = sweep_study(client, run_id, spec, earlier.uri, resumed=False, warm=warm)
+    assert f"Warm start: 3 trial(s) of sweep run {earlier.run_id}" in capsys.readouterr().out
+    again = sweep_study(client, run_id, spec, earlier.uri, resumed=True, warm=warm)  # resume
+    assert again == place and len(place.load().trials) == 3
+    tags = client.get_run(run_id).data.tags
+    assert tags[runs.WARM_START_TAG] == earlier.run_id
+    assert tags[runs.OPTUNA_STORAGE_TAG] == str(earlier.root / "optuna" / "driven.journal")
