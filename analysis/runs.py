@@ -55,6 +55,11 @@ def ui_runs_url(server: str, experiment_id: str) -> str:
 
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (Markdown)
+# on a sweep run: the Optuna study that holds its trials (a journal file on the driver's
+# filesystem, see orchestrator/study.py) and the study's name, for optuna-dashboard and
+# optuna.load_study; WARM_START_TAG: the sweep run whose trials seeded it
+OPTUNA_STORAGE_TAG, OPTUNA_STUDY_TAG = "optuna_storage", "optuna_study"
+WARM_START_TAG = "warm_start_from"
 
 # artifact paths, relative to a run's artifact root
 CHECKPOINT_DIR = "checkpoint"  # model.json + model.pt (cct/checkpoint.py)

@@ -27,6 +27,7 @@ QUIET_LOGGERS = (
     "mlflow.store.db.utils",
     "alembic.runtime.migration",
     "ray._private.authentication.authentication_token_setup",
+    "optuna",  # "study created / using an existing study", "Trial N finished ..." per trial
 )
 
 

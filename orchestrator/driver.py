@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Callback
 
-from analysis.runs import NOTE_TAG, SWEEP_DIR
+from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG
 from cct.checkpoint import git_commit
 from orchestrator.callbacks import Interruption, MlflowStatusCallback
 from orchestrator.cluster import (
@@ -31,6 +31,16 @@ from orchestrator.cluster import (
 )
 from orchestrator.console import StatusTable
 from orchestrator.search_space import make_scheduler, make_searcher, param_space
+from orchestrator.study import (
+    StudyPlace,
+    StudyRecorder,
+    WarmStart,
+    WarmStartError,
+    find_warm_start,
+    new_study_place,
+    prepare_study,
+    study_of,
+)
 from orchestrator.summary import print_best, print_summary, summarize, sweep_description
 from orchestrator.tracking import (
     create_parent_run,
@@ -216,9 +226,12 @@ def make_tuner(
     name: str,
     capacity: Capacity,
     *,
+    study: StudyPlace | None = None,
     verbose: bool = False,
 ) -> tune.Tuner:
-    """The sweep's Tuner, restored from Tune's saved state when there is one."""
+    """The sweep's Tuner, restored from Tune's saved state when there is one. With `study`,
+    the trials are kept there: by the Optuna searcher itself, or for random and grid by a
+    StudyRecorder callback."""
     if not verbose:
         # Tune's newer console prints its experiment box and TensorBoard hint at any
         # verbosity; the legacy one at verbose=0 prints nothing, and console.py speaks.
@@ -231,11 +244,14 @@ def make_tuner(
             resume_errored=True,
             param_space=param_space(spec),
         )
+    searcher = make_searcher(spec, study)
+    if searcher is None and study is not None:
+        callbacks = [*callbacks, StudyRecorder(study, spec)]
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=searcher,
             scheduler=make_scheduler(spec),
             num_samples=spec.tune.num_samples,
             max_concurrent_trials=max_concurrent(spec, capacity),
@@ -255,6 +271,32 @@ def make_tuner(
     )
 
 
+def sweep_study(
+    client: MlflowClient,
+    parent_run_id: str,
+    spec: SweepSpec,
+    tracking_uri: str,
+    *,
+    resumed: bool,
+    warm: WarmStart | None,
+) -> StudyPlace | None:
+    """The sweep run's persisted Optuna study, ready (and warm-started) before any trial:
+    a new one for a new sweep run, the one its tags name on a resume (none for a sweep
+    from before studies were kept: its restored searcher keeps its study in memory)."""
+    if resumed:
+        place = study_of(client.get_run(parent_run_id))
+    else:
+        place = new_study_place(client, parent_run_id, spec, tracking_uri, Path.cwd())
+    if place is None:
+        return None
+    copied = prepare_study(place, spec, warm)
+    if warm is not None:
+        client.set_tag(parent_run_id, WARM_START_TAG, warm.sweep_run_id)
+    if copied:
+        print(f"Warm start: {copied} trial(s) of sweep run {warm.sweep_run_id}", flush=True)
+    return place
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -272,8 +314,16 @@ def run_sweep(
     interruption = Interruption()
     interruption.install()
     client, experiment_id, parent_run_id, results = None, "", "", None
-    # The cluster first: a sweep it cannot run is refused before anything is written.
     try:
+        # The earlier sweep a warm start names, read before Ray starts or anything is
+        # written: an incompatible one refuses the sweep.
+        warm = None
+        if spec.tune.warm_start:
+            try:
+                warm = find_warm_start(spec, tracking_uri, fresh=fresh)
+            except WarmStartError as e:
+                raise SweepRefused(str(e)) from None
+        # The cluster next: a sweep it cannot run is refused before anything is written.
         start_ray(address, verbose=verbose)
         capacity = cluster_capacity()
         problems = cluster_problems(spec, tracking_uri, capacity)
@@ -292,6 +342,7 @@ def run_sweep(
             f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
             flush=True,
         )
+        study = sweep_study(client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm)
         ctx = SweepContext(
             spec=spec,
             tracking_uri=tracking_uri,
@@ -314,6 +365,7 @@ def run_sweep(
             ],
             ray_experiment,
             capacity,
+            study=study,
             verbose=verbose,
         )
         with quiet_tune_restore_hint():

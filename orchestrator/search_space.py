@@ -10,9 +10,10 @@ single-objective.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -23,12 +24,16 @@ from ray.tune.search.sample import Domain as TuneDomain
 from analysis.runs import FAILURE_TAG
 from search_spaces.spec import AshaSpec, Domain, SweepSpec
 
+if TYPE_CHECKING:
+    from orchestrator.study import StudyPlace
+
 logger = logging.getLogger(__name__)
 # The epoch each report carries, not Tune's training_iteration: that counter restarts at 1
 # when Tune restarts a trial, while Ray Train resumes it at its checkpoint's epoch.
 BUDGET_ATTR = "epoch"
 FINISHED_KEY = "test_accuracy"  # only the trainer's final report carries it
 FAILED_KEY = FAILURE_TAG  # in the one report of a trial that failed for good
+TRIAL_ATTR = "ray_trial_id"  # on each trial of a sweep's study: its Tune (and MLflow) trial id
 
 
 def tune_domain(d: Domain) -> Any:
@@ -93,6 +98,30 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._full_budget = full_budget
         self._reported_steps: dict[str, set[int]] = {}
 
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new:  # the study's trial names its Tune trial, as the MLflow run does
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, trial_id)
+        return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's searcher state on a resume, over a persisted study (orchestrator/study.py).
+
+        Tune's checkpoint wins for which Tune trial is which Optuna trial; the study wins
+        for what was told: the pickled storage reopens the journal, which holds every tell
+        up to the crash, and a trial told there is never told again (Optuna refuses to
+        change a finished trial; Ray logs that and goes on). A trial the study holds as
+        RUNNING that the checkpoint does not know was asked after Tune last saved: no Tune
+        trial will ever finish it, so it is told FAIL, as Optuna's heartbeat would."""
+        super().restore(checkpoint_path)
+        if self._storage is None:
+            return
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in known:
+                self._ot_study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Ray's version reports at training_iteration; ours at the epoch, once per epoch
         # (a restarted trial repeats the epochs since its checkpoint).
@@ -102,7 +131,11 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         if step is None or FAILED_KEY in result:
             return
         if step not in self._reported_steps.setdefault(trial_id, set()):
-            self._ot_trials[trial_id].report(result[self.metric], step)
+            try:
+                self._ot_trials[trial_id].report(result[self.metric], step)
+            except UpdateFinishedTrialError:  # told before a crash Tune's state predates
+                self._completed_trials.add(trial_id)  # the study wins
+                return
             self._reported_steps[trial_id].add(step)
 
     def on_trial_complete(
@@ -118,9 +151,9 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         # Tune does not pass the result that made ASHA stop a trial to on_trial_result:
         # report it here, so Optuna keeps it as the pruned trial's value at that step.
         value, step = result.get(self.metric), result[BUDGET_ATTR]
-        if value is not None and step not in self._reported_steps.get(trial_id, ()):
-            ot_trial.report(value, step)
         try:
+            if value is not None and step not in self._reported_steps.get(trial_id, ()):
+                ot_trial.report(value, step)
             self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         except Exception as exc:  # as Ray does: a bad value must not stop the sweep
             logger.warning("could not tell Optuna that trial %s was pruned: %s", trial_id, exc)
@@ -146,10 +179,14 @@ def full_budget(spec: SweepSpec) -> int:
     return spec.base.optim.epochs
 
 
-def make_searcher(spec: SweepSpec) -> BudgetAwareOptunaSearch | None:
+def make_searcher(
+    spec: SweepSpec, study: StudyPlace | None = None
+) -> BudgetAwareOptunaSearch | None:
     """OptunaSearch (TPE or NSGA-II, seeded) for the Optuna searchers; None for `random`
     and `grid`, so Tune's own BasicVariantGenerator runs them (grids, repeats, seeds).
 
+    With `study`, the searcher's study is that persisted one (created, and warm-started,
+    by orchestrator.study.prepare_study); else it lives in memory and in Tune's state.
     The space is left out here: Tune hands the param space to the searcher."""
     if spec.tune.searcher not in ("optuna-tpe", "optuna-nsga2"):
         return None
@@ -166,6 +203,7 @@ def make_searcher(spec: SweepSpec) -> BudgetAwareOptunaSearch | None:
         mode=modes if several else modes[0],
         sampler=sampler,
         full_budget=full_budget(spec),
+        **({"storage": study.open(), "study_name": study.name} if study else {}),
     )
 
 

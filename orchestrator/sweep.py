@@ -56,10 +56,20 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "orchestrator.sweep", *args, "--resume"])
 
 
-def dry_run(spec, tracking_uri: str, address: str | None) -> int:
+def dry_run(spec, tracking_uri: str, address: str | None, *, fresh: bool = False) -> int:
     """The plan; the resource fit checked against the cluster at `address`, or stated as
-    unchecked (a cluster sweep file is written on a laptop that cannot run it)."""
+    unchecked (a cluster sweep file is written on a laptop that cannot run it); the warm
+    start's earlier trials checked against the search space (read only)."""
     from search_spaces import format_plan
+
+    warm = None
+    if spec.tune.warm_start:
+        from orchestrator.study import WarmStartError, find_warm_start
+
+        try:
+            warm = find_warm_start(spec, tracking_uri, fresh=fresh)
+        except WarmStartError as e:
+            fail(e)
 
     if address is None:
         fit = (
@@ -77,6 +87,8 @@ def dry_run(spec, tracking_uri: str, address: str | None) -> int:
             fail(*errors)
     print(format_plan(spec, tracking_uri=tracking_uri))
     print(fit)
+    if warm is not None:
+        print(f"  warm start     {len(warm.trials)} trial(s) of sweep run {warm.sweep_run_id}")
     return 0
 
 
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()  # $MLFLOW_TRACKING_URI
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if args.dry_run:
-        return dry_run(spec, tracking_uri, address)
+        return dry_run(spec, tracking_uri, address, fresh=args.fresh)
     if address is None:
         import torch
 

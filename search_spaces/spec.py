@@ -78,6 +78,9 @@ class TuneSpec:
     time_budget_s: float | None = field(default=None, metadata=POSITIVE)
     max_epochs_without_gain: int | None = field(default=None, metadata=at_least(1))
     searcher_seed: int = field(default=0, metadata=at_least(0))
+    # An earlier sweep (MLflow experiment name or sweep run id) whose finished trials seed
+    # this sweep's Optuna searcher (orchestrator/study.py).
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,10 +162,19 @@ def _defining_part(spec: SweepSpec) -> dict[str, Any]:
         "name": spec.name,
         "base": spec.base.to_dict(),
         "search": {k: d.to_dict() for k, d in spec.search},
-        "tune": dataclasses.asdict(spec.tune),
+        "tune": _tune_part(spec.tune),
         "resources": dataclasses.asdict(spec.resources),
         "analysis": dataclasses.asdict(spec.analysis),
     }
+
+
+def _tune_part(tune: TuneSpec) -> dict[str, Any]:
+    # warm_start left out when unset, so sweeps started before it existed keep their hash
+    # (and can still be resumed).
+    d = dataclasses.asdict(tune)
+    if d["warm_start"] is None:
+        del d["warm_start"]
+    return d
 
 
 # --------------------------------------------------------------------------------------

@@ -375,7 +375,7 @@ def _parse_tune(raw: Any, base: TrainConfig, epochs: int | None, errors: list[Pr
     d = TuneSpec()  # the defaults live in the dataclass only
     section = _mapping(raw, "tune", errors) or {}
     own = ("objectives", "scheduler", "seeds")
-    f = _read(TuneSpec, section, "tune", errors, own=own)
+    f = _read(TuneSpec, section, "tune", errors, own=own, checks={"warm_start": _non_empty})
     objectives = _parse_objectives(f.pop("objectives", dict(d.objectives)), errors)
     scheduler = _parse_scheduler(f.pop("scheduler", d.scheduler), epochs, errors)
     seeds = _parse_seeds(f.pop("seeds", d.seeds), errors)
@@ -573,6 +573,14 @@ def _check_searcher(
                     " (searcher random runs the base config num_samples times)",
                 )
             )
+    if tune.warm_start is not None and s in ("random", "grid"):
+        errors.append(
+            Problem(
+                "tune.warm_start",
+                f"seeds an Optuna searcher with earlier trials, but searcher {s} draws"
+                " without looking at results; use optuna-tpe or optuna-nsga2, or drop it",
+            )
+        )
     if s == "grid":
         errors += [
             Problem(f"search.{k}", f"searcher grid needs grid domains, got {d.kind}")

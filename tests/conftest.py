@@ -223,3 +223,27 @@ def train_steps(monkeypatch) -> StepSpy:
 
     monkeypatch.setattr(Trainer, "train_step", recorded)
     return spy
+
+
+def assert_study_agrees(parent, trial_runs, objective: str = "val_accuracy") -> None:
+    """The sweep run's persisted Optuna study (its tags locate it) holds each trial of the
+    sweep exactly once, finished, with the params, state and value of its MLflow run."""
+    from optuna.trial import TrialState
+
+    from orchestrator.search_space import TRIAL_ATTR
+    from orchestrator.study import WARM_ATTR, study_of
+
+    place = study_of(parent)
+    assert place is not None, "the sweep run names no Optuna study"
+    trials = [t for t in place.load().trials if WARM_ATTR not in t.user_attrs]
+    ids = [t.user_attrs[TRIAL_ATTR] for t in trials]
+    assert len(ids) == len(set(ids)), ids  # once each, however often the sweep resumed
+    by_id = {t.user_attrs[TRIAL_ATTR]: t for t in trials}
+    assert set(by_id) == {r.data.tags["trial_id"] for r in trial_runs}
+    states = {"FINISHED": TrialState.COMPLETE, "FAILED": TrialState.FAIL}
+    for run in trial_runs:
+        t = by_id[run.data.tags["trial_id"]]
+        assert {k: str(v) for k, v in t.params.items()} == {k: run.data.params[k] for k in t.params}
+        assert t.state == states.get(run.info.status, TrialState.PRUNED), run.info.status
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(run.data.metrics[objective])

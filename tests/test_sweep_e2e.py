@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EPOCHS
+from tests.conftest import EPOCHS, assert_study_agrees
 
 pytestmark = pytest.mark.slow
 
@@ -182,3 +182,12 @@ def test_the_link_the_sweep_prints_opens_the_ui_on_its_runs(sweep, tmp_path):
         ).stdout  # fmt: skip
     assert "sweep-e2e" in dom, dom[-3000:]  # the sweep run, in the runs table
     assert "Detect Issues" not in dom  # the GenAI overview's button
+
+
+def test_the_persisted_study_holds_each_trial_once_after_the_crash_and_resume(mlflow_runs):
+    # the driver was killed (no state saved by Tune at the end) and resumed: Tune's
+    # searcher checkpoint and the journal the study lives in must still agree
+    client, runs = mlflow_runs
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert_study_agrees(parent, trials)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import local_env, wait_for
+from tests.conftest import assert_study_agrees, local_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +201,10 @@ def test_divergence_fails_once_without_a_retry(interrupted_sweep):
     attempts = _client(root).get_metric_history(bad.info.run_id, "attempt_first_epoch")
     assert [m.value for m in attempts] == [1.0]
     assert DIVERGED_LINE in interrupted_sweep["sigint"]["out"]
+
+
+def test_the_persisted_study_holds_each_trial_once_and_agrees_with_mlflow(interrupted_sweep):
+    # a grid sweep: Tune's generator asks no study, the driver's StudyRecorder writes it;
+    # the interrupted good trial was not recorded then, only once it finished
+    runs = interrupted_sweep["final"]["runs"]
+    assert_study_agrees(runs["sweep"], [runs["good"], runs["bad"]])

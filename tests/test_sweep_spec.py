@@ -20,6 +20,7 @@ from search_spaces import (
     load_spec,
     packaged_spec,
 )
+from search_spaces import spec as spec_module
 from search_spaces.shapes import check_shapes
 from search_spaces.spec import Domain
 
@@ -320,3 +321,11 @@ def test_one_reader_for_the_train_config_and_the_sweep_base():
     assert str(e.value) == "; ".join(map(str, problems))
     sets = ("base.optim.lrr=0.1", "base.optim.batch_size=64.5", "base.model.depth=x")
     assert sorted(_errors(None, sets)) == sorted(f"base.{p}" for p in problems)
+
+
+def test_warm_start_enters_the_hash_only_when_set():
+    # unset, it leaves the hash of every sweep started before it existed as it was
+    plain = load_spec("flowers102")  # optuna-tpe
+    assert "warm_start" not in spec_module._defining_part(plain)["tune"]
+    warm = load_spec("flowers102", ["tune.warm_start=flowers102"])
+    assert warm.tune.warm_start == "flowers102" and warm.hash != plain.hash

@@ -1,0 +1,345 @@
+"""The sweep's trials as an Optuna study kept on disk: where it lives, how random and grid
+sweeps write it, and how an earlier sweep's study seeds a new sweep (`tune.warm_start`).
+
+Where: an Optuna journal file on the driver's filesystem, one per MLflow experiment
+(`optuna/<experiment>.journal`), in the folder of a local store (next to mlflow.db or the
+file store) or in the driver's working folder for a remote one. Not in the MLflow database:
+Optuna's RDB storage and MLflow both keep their schema version in alembic's
+`alembic_version` table, so one database would break the other's migrations. Not under
+storage_path either, which may be s3://. Only the driver writes it (the searcher and the
+callbacks run there), and Optuna locks the file for each write.
+
+One study per sweep run, named `<experiment>-<sweep run id>`; the sweep run's tags
+`optuna_storage` and `optuna_study` locate it (`optuna-dashboard <optuna_storage>`).
+Each trial of the study carries the Tune trial id (user attr `ray_trial_id`), which is also
+the MLflow trial run's `trial_id` tag.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune import Callback
+
+from analysis import runs
+from analysis.runs import RunLookupError, find_sweep, open_store
+from orchestrator.callbacks import Interruption
+from orchestrator.search_space import FAILED_KEY, FINISHED_KEY, TRIAL_ATTR
+from search_spaces.spec import Domain, SweepSpec
+
+WARM_ATTR = "warm_start_from"  # on trials copied from an earlier sweep: its sweep run id
+OBJECTIVES_ATTR = "objectives"  # on the study: the metric names, in the directions' order
+
+
+class WarmStartError(Exception):
+    """tune.warm_start cannot be honoured; the message is one line naming the keys."""
+
+
+@dataclass(frozen=True)
+class StudyPlace:
+    """Where a sweep's study is: the journal file and the study's name."""
+
+    storage: str
+    name: str
+
+    def open(self) -> JournalStorage:
+        return JournalStorage(JournalFileBackend(self.storage))
+
+    def load(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.open())
+
+
+def journal_path(tracking_uri: str, experiment: str, cwd: Path) -> Path:
+    """The journal file of `experiment`'s studies for the store at `tracking_uri`."""
+    if tracking_uri.startswith("sqlite:"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    elif tracking_uri.startswith("file:"):
+        folder = Path(urlparse(tracking_uri).path).parent
+    elif "://" not in tracking_uri:  # a plain path is a file store
+        folder = (cwd / tracking_uri).parent
+    else:  # a server or a database elsewhere: the driver's own disk
+        folder = cwd
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    return (folder / "optuna" / f"{safe}.journal").resolve()
+
+
+def study_of(run: Any) -> StudyPlace | None:
+    """The study a sweep run's tags point to (None for a sweep from before studies)."""
+    tags = run.data.tags
+    if runs.OPTUNA_STORAGE_TAG not in tags or runs.OPTUNA_STUDY_TAG not in tags:
+        return None
+    return StudyPlace(tags[runs.OPTUNA_STORAGE_TAG], tags[runs.OPTUNA_STUDY_TAG])
+
+
+def new_study_place(
+    client: MlflowClient, run_id: str, spec: SweepSpec, tracking_uri: str, cwd: Path
+) -> StudyPlace:
+    """A new sweep run's study place, written to the run's tags."""
+    path = journal_path(tracking_uri, spec.experiment, cwd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    place = StudyPlace(str(path), f"{spec.experiment}-{run_id}")
+    client.set_tag(run_id, runs.OPTUNA_STORAGE_TAG, place.storage)
+    client.set_tag(run_id, runs.OPTUNA_STUDY_TAG, place.name)
+    return place
+
+
+def distribution(d: Domain) -> BaseDistribution:
+    """One spec domain as the Optuna distribution Ray's OptunaSearch makes of it."""
+    if d.kind in ("choice", "grid"):
+        return CategoricalDistribution(list(d.values or ()))
+    if d.kind == "randint":  # both bounds included, as in the spec
+        return IntDistribution(int(d.low), int(d.high))
+    return FloatDistribution(float(d.low), float(d.high), log=d.kind == "loguniform")
+
+
+def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    """Every key a trial's config holds (the searched keys, and `seed` for tune.seeds)."""
+    out = {key: distribution(d) for key, d in spec.search}
+    if spec.tune.seeds:
+        out["seed"] = CategoricalDistribution(list(spec.tune.seeds))
+    return out
+
+
+def prepare_study(place: StudyPlace, spec: SweepSpec, warm: WarmStart | None) -> int:
+    """Create the sweep's study if new, and copy the warm start's trials into it once;
+    returns how many it copied now. Idempotent: a resumed sweep copies nothing again."""
+    directions = ["maximize" if mode == "max" else "minimize" for _, mode in spec.objectives]
+    study = optuna.create_study(
+        storage=place.open(), study_name=place.name, directions=directions, load_if_exists=True
+    )
+    study.set_user_attr(OBJECTIVES_ATTR, [name for name, _ in spec.objectives])
+    if warm is None or any(WARM_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        return 0
+    dists = distributions(spec)
+    for t in warm.trials:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=t.state,
+                params=t.params,
+                distributions={k: dists[k] for k in t.params},
+                values=t.values,  # a PRUNED trial's: its last intermediate value
+                intermediate_values=t.intermediate_values,
+                user_attrs={WARM_ATTR: warm.sweep_run_id, "warm_start_trial": t.number},
+            )
+        )
+    return len(warm.trials)
+
+
+# --------------------------------------------------------------------------------------
+# random and grid sweeps: Tune's own generator asks no study, so the driver records
+
+
+class StudyRecorder(Callback):
+    """Records each trial that ended into the sweep's study: COMPLETE with the objectives
+    of its final report, PRUNED when a scheduler stopped it (its last value as the
+    intermediate value at its epoch), FAIL when it failed for good or errored.
+
+    Tuner.restore brings this instance back from Tune's state; a trial already in the
+    study (by its Tune trial id) is not added again, so the study wins on a resume."""
+
+    def __init__(self, place: StudyPlace, spec: SweepSpec) -> None:
+        self.place = place
+        self.distributions = distributions(spec)
+        self.metrics = [name for name, _ in spec.objectives]
+        self._study: optuna.Study | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}  # the storage is reopened from the path
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if Interruption.signum() is not None:  # stopped by the interruption: it resumes
+            return
+        last = trial.last_result or {}
+        if FAILED_KEY in last:
+            self.record(trial, TrialState.FAIL)
+        elif FINISHED_KEY in last:
+            self.record(trial, TrialState.COMPLETE)
+        else:
+            self.record(trial, TrialState.PRUNED)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial, TrialState.FAIL)
+
+    def record(self, trial: Any, state: TrialState) -> None:
+        if self._study is None:
+            self._study = self.place.load()
+        if any(t.user_attrs.get(TRIAL_ATTR) == trial.trial_id for t in self._study.trials):
+            return
+        last = trial.last_result or {}
+        values = [_number(last.get(m)) for m in self.metrics]
+        if state == TrialState.COMPLETE and None in values:
+            state = TrialState.FAIL  # Optuna keeps no COMPLETE trial without its values
+        intermediate, kept = {}, values if state == TrialState.COMPLETE else None
+        if state == TrialState.PRUNED and len(values) == 1 and values[0] is not None:
+            intermediate, kept = {int(last.get("epoch", 0)): values[0]}, values  # as Optuna does
+        params = {k: _plain(v) for k, v in trial.config.items() if k in self.distributions}
+        self._study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                params=params,
+                distributions={k: self.distributions[k] for k in params},
+                values=kept,
+                intermediate_values=intermediate,
+                user_attrs={TRIAL_ATTR: trial.trial_id},
+            )
+        )
+
+
+def _number(v: Any) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _plain(v: Any) -> Any:
+    # Tune can hand back numpy scalars; the study's JSON journal wants Python ones.
+    return v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v
+
+
+# --------------------------------------------------------------------------------------
+# tune.warm_start
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """An earlier sweep run's own finished trials (COMPLETE and PRUNED), checked against
+    this sweep's search space."""
+
+    sweep_run_id: str
+    trials: tuple[FrozenTrial, ...]
+
+
+def find_warm_start(spec: SweepSpec, tracking_uri: str, *, fresh: bool) -> WarmStart:
+    """The trials that seed `spec`'s sweep, read from the earlier sweep's study; raises
+    WarmStartError when they cannot (no such sweep, no study, another search space).
+    Reads MLflow and the journal only: nothing is written.
+
+    Read from the study, not from MLflow's trial runs: MLflow keeps params as strings
+    (a choice of 2 and "2" look the same), while the study keeps the typed values and the
+    state the searcher gave each trial (a PRUNED trial's value at its epoch)."""
+    name = spec.tune.warm_start or ""
+    where = "tune.warm_start"
+    try:
+        client = open_store(tracking_uri)
+    except RunLookupError as e:
+        raise WarmStartError(f"{where}: {name!r}: {e}") from None
+    run = _earlier_sweep_run(client, spec, name, fresh=fresh)
+    place = study_of(run)
+    rid = run.info.run_id
+    if place is None:
+        raise WarmStartError(
+            f"{where}: sweep run {rid} has no Optuna study (tag {runs.OPTUNA_STORAGE_TAG};"
+            " it ran before sweeps kept one)"
+        )
+    if not Path(place.storage).is_file():
+        raise WarmStartError(
+            f"{where}: sweep run {rid} keeps its study in {place.storage}, which is not on"
+            " this machine (run the sweep on the machine that drove that one)"
+        )
+    study = place.load()
+    _check_objectives(spec, study, rid)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    trials = tuple(t for t in study.get_trials(states=finished) if WARM_ATTR not in t.user_attrs)
+    if not trials:
+        raise WarmStartError(f"{where}: sweep run {rid} has no finished trial to seed from")
+    _check_space(spec, trials, rid)
+    return WarmStart(rid, trials)
+
+
+def _earlier_sweep_run(client: MlflowClient, spec: SweepSpec, name: str, *, fresh: bool) -> Any:
+    # An experiment name: its latest sweep run, other than the one this command resumes.
+    exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage != "deleted":
+        resumed = None if fresh else runs.latest_sweep_run(client, exp.experiment_id, spec.name)
+        skip = resumed.info.run_id if resumed is not None and name == spec.experiment else None
+        candidates = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.{runs.ROLE} = '{runs.SWEEP_ROLE}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=2,
+        )
+        for run in candidates:
+            if run.info.run_id != skip:
+                return run
+        raise WarmStartError(f"tune.warm_start: experiment {name!r} has no earlier sweep run")
+    try:
+        return find_sweep(client, experiment=None, sweep_run_id=name)[1]
+    except RunLookupError:
+        raise WarmStartError(
+            f"tune.warm_start: {name!r} is neither an MLflow experiment nor a sweep run id"
+            " in this store"
+        ) from None
+
+
+def _check_objectives(spec: SweepSpec, study: optuna.Study, rid: str) -> None:
+    maximize = optuna.study.StudyDirection.MAXIMIZE
+    modes = ["max" if d == maximize else "min" for d in study.directions]
+    theirs = list(zip(study.user_attrs.get(OBJECTIVES_ATTR, []), modes, strict=False))
+    ours = [tuple(o) for o in spec.objectives]
+    if theirs != ours:
+        raise WarmStartError(
+            f"tune.warm_start: sweep run {rid} optimised {_objectives(theirs)},"
+            f" this sweep {_objectives(ours)}"
+        )
+
+
+def _objectives(pairs: list) -> str:
+    return ", ".join(f"{name} {mode}" for name, mode in pairs) or "nothing it recorded"
+
+
+def _check_space(spec: SweepSpec, trials: tuple[FrozenTrial, ...], rid: str) -> None:
+    ours = spec.search_dict
+    theirs = set().union(*(t.params for t in trials))
+    missing, extra = sorted(set(ours) - theirs), sorted(theirs - set(ours))
+    if missing or extra:
+        parts = ([f"not searched there: {', '.join(missing)}"] if missing else []) + (
+            [f"not searched here: {', '.join(extra)}"] if extra else []
+        )
+        raise WarmStartError(
+            f"tune.warm_start: sweep run {rid} searched other keys ({'; '.join(parts)})"
+        )
+    outside: dict[str, list[Any]] = {}
+    for t in trials:
+        for key, value in t.params.items():
+            if not _within(ours[key], value) and value not in outside.setdefault(key, []):
+                outside[key].append(value)
+    outside = {k: v for k, v in outside.items() if v}
+    if outside:
+        told = "; ".join(
+            f"{k}={', '.join(map(repr, v))} outside {ours[k].to_dict()}"
+            for k, v in sorted(outside.items())
+        )
+        raise WarmStartError(
+            f"tune.warm_start: trials of sweep run {rid} lie outside this search space: {told}"
+        )
+
+
+def _within(d: Domain, value: Any) -> bool:
+    if d.kind in ("choice", "grid"):
+        # True == 1 in Python; a flag is not a count
+        return any(
+            value == v and isinstance(value, bool) == isinstance(v, bool) for v in d.values or ()
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if d.kind == "randint" and not isinstance(value, int):
+        return False
+    return d.low <= value <= d.high
