@@ -16,7 +16,7 @@ MIN_TRIALS = 8
 EVALUATOR = "fANOVA"
 
 
-def _distribution(d: Any):
+def optuna_distribution(d: Any):
     """A searched key's domain (search_spaces.Domain: kind, values, low, high) as Optuna's."""
     from optuna.distributions import (
         CategoricalDistribution,
@@ -25,8 +25,8 @@ def _distribution(d: Any):
     )
 
     if d.kind in ("choice", "grid"):
-        return CategoricalDistribution(list(d.values))
-    if d.kind == "randint":
+        return CategoricalDistribution(list(d.values or ()))
+    if d.kind == "randint":  # both bounds included, as in the spec
         return IntDistribution(int(d.low), int(d.high))
     return FloatDistribution(float(d.low), float(d.high), log=d.kind == "loguniform")
 
@@ -74,7 +74,7 @@ def _fanova(search, keys, usable, metric: str, mode: str) -> dict[str, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
 
     domains = dict(search)
-    distributions = {k: _distribution(domains[k]) for k in keys}
+    distributions = {k: optuna_distribution(domains[k]) for k in keys}
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for r in usable:
         study.add_trial(

@@ -26,18 +26,14 @@ from urllib.parse import urlparse
 
 import optuna
 from mlflow.tracking import MlflowClient
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
 from analysis import runs
+from analysis.importance import optuna_distribution
 from analysis.runs import RunLookupError, find_sweep, open_store
 from orchestrator.callbacks import Interruption
 from orchestrator.search_space import FAILED_KEY, FINISHED_KEY, TRIAL_ATTR
@@ -99,18 +95,9 @@ def new_study_place(
     return place
 
 
-def distribution(d: Domain) -> BaseDistribution:
-    """One spec domain as the Optuna distribution Ray's OptunaSearch makes of it."""
-    if d.kind in ("choice", "grid"):
-        return CategoricalDistribution(list(d.values or ()))
-    if d.kind == "randint":  # both bounds included, as in the spec
-        return IntDistribution(int(d.low), int(d.high))
-    return FloatDistribution(float(d.low), float(d.high), log=d.kind == "loguniform")
-
-
 def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
     """Every key a trial's config holds (the searched keys, and `seed` for tune.seeds)."""
-    out = {key: distribution(d) for key, d in spec.search}
+    out = {key: optuna_distribution(d) for key, d in spec.search}
     if spec.tune.seeds:
         out["seed"] = CategoricalDistribution(list(spec.tune.seeds))
     return out

@@ -163,9 +163,15 @@ def _defining_part(spec: SweepSpec) -> dict[str, Any]:
         "base": spec.base.to_dict(),
         "search": {k: d.to_dict() for k, d in spec.search},
         "tune": _tune_part(spec.tune),
-        "resources": dataclasses.asdict(spec.resources),
+        "resources": _resources_part(spec.resources),
         "analysis": dataclasses.asdict(spec.analysis),
     }
+
+
+def _resources_part(resources: ResourcesSpec) -> dict[str, Any]:
+    # Prices only turn hours into a cost: a new price must not block a resume.
+    d = dataclasses.asdict(resources)
+    return {k: v for k, v in d.items() if not k.startswith("price_per_")}
 
 
 def _tune_part(tune: TuneSpec) -> dict[str, Any]:
