@@ -11,6 +11,8 @@ the Tune trial function) to its end (set by the driver when Tune reports the tri
 a plain run's from its process start to its exit, and the training time is the sum of the
 engine's per-epoch `epoch_seconds`. Both include the model's size/latency measurement,
 evaluation and checkpointing; the difference between them is what Ray Tune + Ray Train add.
+The row also carries each Ray trial's phase breakdown: the seconds between the marks of
+orchestrator/phases.py, from the trial actor's process start to the driver closing the run.
 The row is merged into DIR/bench.json and DIR/bench.md (see cct/perf/report.py).
 """
 
@@ -30,6 +32,7 @@ import yaml
 from cct.cli import OneLineParser, fail
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
 from cct.perf.timing import load_average
+from orchestrator.phases import PREFIX, gaps
 
 EPOCHS = 2
 HEADS = (2, 4)  # one trial per head count
@@ -83,7 +86,7 @@ def trial_overheads(runs: list[dict[str, Any]]) -> list[float]:
 
 
 def read_trial_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
-    """{start_ms, end_ms, epoch_seconds} of every trial run of the experiment."""
+    """{start_ms, end_ms, epoch_seconds, phases} of every trial run of the experiment."""
     from mlflow.tracking import MlflowClient
 
     from analysis.runs import ROLE, TRIAL_ROLE
@@ -102,13 +105,27 @@ def read_trial_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
                     key=lambda m: m.step,
                 )
             ],
+            "phases": phase_marks(client, run),
         }
         for run in runs
     ]
 
 
-def run_sweep(folder: Path) -> tuple[float, list[float]]:
-    """(sweep wall seconds, per-trial overheads) of the tiny sweep run in `folder`."""
+def phase_marks(client: Any, run: Any) -> dict[str, float]:
+    """The run's phase marks (seconds since its trial function was entered), and
+    `trial_closed`: its end time on the same clock (each mark's metric is timestamped with
+    its wall-clock time, which places the run's end time among them)."""
+    marks = {k: v for k, v in run.data.metrics.items() if k.startswith(PREFIX)}
+    if not marks or run.info.end_time is None:
+        return marks
+    key = next(iter(marks))
+    t0_ms = client.get_metric_history(run.info.run_id, key)[-1].timestamp - marks[key] * 1e3
+    return {**marks, "trial_closed": (run.info.end_time - t0_ms) / 1e3}
+
+
+def run_sweep(folder: Path) -> tuple[float, list[float], list[dict[str, float]]]:
+    """(sweep wall seconds, per-trial overheads, per-trial phase gaps) of the tiny sweep
+    run in `folder`."""
     (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep_file()))
     t0 = time.perf_counter()
     _run(
@@ -120,7 +137,7 @@ def run_sweep(folder: Path) -> tuple[float, list[float]]:
     runs = read_trial_runs(f"sqlite:///{folder / 'mlflow.db'}", "overhead")
     if len(runs) != len(HEADS):
         raise RuntimeError(f"expected {len(HEADS)} trial runs in MLflow, found {len(runs)}")
-    return wall, trial_overheads(runs)
+    return wall, trial_overheads(runs), [gaps(r["phases"]) for r in runs]
 
 
 def run_plain(folder: Path) -> list[float]:
@@ -147,8 +164,14 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         raise RuntimeError(f"{' '.join(cmd[1:])} exited {done.returncode}:\n{tail}")
 
 
-def overhead_row(ray: list[float], plain: list[float], sweep_wall_s: float) -> dict[str, Any]:
-    """The report row: Ray's per-trial overhead next to a plain process's."""
+def overhead_row(
+    ray: list[float],
+    plain: list[float],
+    sweep_wall_s: float,
+    phases: list[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """The report row: Ray's per-trial overhead next to a plain process's, and each Ray
+    trial's phase gaps (seconds)."""
     return make_row(
         "ray_overhead",
         figure="overhead per trial, s (wall - training)",
@@ -160,7 +183,17 @@ def overhead_row(ray: list[float], plain: list[float], sweep_wall_s: float) -> d
         notes=f"ours: Ray Tune + Train trial; reference: plain `python -m cct.train`; "
         f"whole sweep incl. Ray start {sweep_wall_s:.0f} s",
         sweep_wall_s=sweep_wall_s,
+        phases=phases or [],
     )
+
+
+def print_phases(phases: list[dict[str, float]]) -> None:
+    """One line per phase: its seconds in each trial."""
+    names = list(dict.fromkeys(name for trial in phases for name in trial))
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        cells = ", ".join(f"{t[name]:5.2f}" if name in t else "    -" for t in phases)
+        print(f"    {name:<{width}}  {cells} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         # Plain runs first: Ray's processes keep the CPU busy for a while after a sweep.
         plain = run_plain(Path(tmp))
         print(f"  plain runs: overhead {', '.join(f'{s:.1f}' for s in plain)} s", flush=True)
-        sweep_wall, ray = run_sweep(Path(tmp))
+        sweep_wall, ray, phases = run_sweep(Path(tmp))
         print(f"  Ray trials: overhead {', '.join(f'{s:.1f}' for s in ray)} s", flush=True)
-    row = overhead_row(ray, plain, sweep_wall)
+        print("  Ray trials by phase (seconds, one column per trial):", flush=True)
+        print_phases(phases)
+    row = overhead_row(ray, plain, sweep_wall, phases)
     run = run_info("orchestrator.overhead", "cpu (Ray local, 1 CPU per trial)", start)
     merge_rows(args.out / JSON_NAME, [row], run=run)
     print(f"wrote {args.out / JSON_NAME} and {args.out / 'bench.md'}")

@@ -5,10 +5,12 @@ pattern, since `Tuner(TorchTrainer(...))` no longer works."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch.distributed
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -16,6 +18,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.compute import Held
+from orchestrator.phases import PREFIX, Marks, process_started
 from orchestrator.tracking import child_run
 from orchestrator.worker import HELD, train_loop_per_worker
 from search_spaces import SweepSpec, config_for_trial
@@ -56,6 +59,9 @@ def backend_for(use_gpu: bool) -> str:
 
 
 def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
+    marks = Marks(time.time())
+    marks.mark("trial_entered", marks.t0)
+    marks.mark("actor_process_started", process_started())
     spec = ctx.spec
     trial_id = tune.get_context().get_trial_id()
     cfg = config_for_trial(spec, params)
@@ -68,6 +74,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         params={**cfg.to_dict(), "searched": dict(params)},
         tags={"sweep": spec.name, "trial_name": tune.get_context().get_trial_name()},
     )
+    marks.mark("run_ready")
     res = spec.resources
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker}
@@ -86,6 +93,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "gpus_per_worker": res.gpus_per_worker,
             "held": dataclasses.asdict(Held.of(res)),
             "simulated_gpus": ctx.simulated_gpus,
+            "phase_t0": marks.t0,
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),
         scaling_config=ScalingConfig(
@@ -99,4 +107,18 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             failure_config=FailureConfig(max_failures=ctx.max_worker_failures),
         ),
     )
-    trainer.fit()
+    marks.mark("fit_called")
+    result = trainer.fit()
+    marks.mark("fit_returned")
+    log_phases(client, run_id, marks.t0, {**(result.metrics or {}), **marks.metrics()})
+
+
+def log_phases(client: MlflowClient, run_id: str, t0: float, metrics: dict[str, Any]) -> None:
+    """The trial's phase marks (its own and rank 0's, from the last report) in one call,
+    each timestamped with the wall-clock time of its mark."""
+    batch = [
+        Metric(k, float(v), int((t0 + v) * 1000), 0)
+        for k, v in metrics.items()
+        if k.startswith(PREFIX)
+    ]
+    client.log_batch(run_id, metrics=batch)

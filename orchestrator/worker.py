@@ -30,6 +30,7 @@ from cct.data import DeviceData, load_dataset
 from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
 from orchestrator.cluster import this_node_id
 from orchestrator.compute import ComputeClock, Held
+from orchestrator.phases import Marks, process_started
 from orchestrator.tracking import NullTracker, RunTracker
 from orchestrator.worker_log import trial_log
 
@@ -81,14 +82,17 @@ class RayCallbacks:
         analysis: dict[str, Any] | None,
         data: DeviceData,
         clock: ComputeClock | None = None,
+        marks: Marks | None = None,
     ) -> None:
         self.tracker, self.analysis, self.data, self.clock = tracker, analysis, data, clock
+        self.marks = marks or Marks(time.time())
         self.last_report: dict[str, Any] = {}
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.tracker.log_start(info)
         # Before any epoch: an attempt that fails in its first one is counted too.
         self.tracker.log_attempt(int(info["first_epoch"]), this_node_id())
+        self.marks.mark("model_ready")
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the
@@ -101,6 +105,7 @@ class RayCallbacks:
         ray.train.report(
             report, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         )
+        self.marks.mark("last_epoch_done" if metrics.get("final") else "first_epoch_done")
 
     def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None:
         # The last epoch is checkpointed and reported to Ray Train by now: a crash below
@@ -111,7 +116,9 @@ class RayCallbacks:
         )
         if artifacts is not None and self.analysis is not None and not done:
             run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
-        ray.train.report(self.last_report)  # every rank: now Tune hears the last epoch
+        self.marks.mark("final_done")
+        # Every rank: now Tune hears the last epoch; the trial function logs the phase marks.
+        ray.train.report({**self.last_report, **self.marks.metrics()})
 
 
 def run_analysis(
@@ -184,12 +191,16 @@ def wait_for_memory(config: dict[str, Any]) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    marks = Marks(config.get("phase_t0", time.time()))
+    marks.mark("worker_entered")
+    marks.mark("worker_process_started", process_started())
+    marks.mark("worker_imported", IMPORTED_AT)
     rank = ray.train.get_context().get_world_rank()
     with trial_log(config["tracking_uri"], config["run_id"], rank, this_node_id()):
-        _train(config, rank)
+        _train(config, rank, marks)
 
 
-def _train(config: dict[str, Any], rank: int) -> None:
+def _train(config: dict[str, Any], rank: int, marks: Marks) -> None:
     cfg = TrainConfig.from_dict(config["train_config"])
     world = ray.train.get_context().get_world_size()
     tracker = RunTracker(config["tracking_uri"], config["run_id"]) if rank == 0 else NullTracker()
@@ -201,7 +212,7 @@ def _train(config: dict[str, Any], rank: int) -> None:
         failure = failed_before(config)
         if failure is None:
             wait_for_memory(config)
-            failure = _fit(cfg, config, tracker, world, clock)
+            failure = _fit(cfg, config, tracker, world, clock, marks)
         if failure is not None:
             report_failure(tracker, *failure, objectives)
     finally:
@@ -222,17 +233,20 @@ def _fit(
     tracker: NullTracker,
     world: int,
     clock: ComputeClock | None = None,
+    marks: Marks | None = None,
 ) -> tuple[str, str] | None:
     """Run the trainer; (reason, message) for a failure no retry heals, else None."""
+    marks = marks or Marks(time.time())
     checkpoint = ray.train.get_checkpoint()
     try:
         gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         _, device = dist.setup(assigned_device(gpu_ids, simulated=simulated_gpus(config)))
         data = load_dataset(cfg.data, device)  # the analysis reuses it
+        marks.mark("data_ready")
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
             fit(
                 cfg,
-                callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock),
+                callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock, marks),
                 resume_from=Path(folder) if folder else None,
                 data=data,
                 latency_shared=config.get("latency_shared", False),
@@ -247,3 +261,7 @@ def _fit(
     except OutOfMemoryAtStart as e:
         return out_of_memory(config, tracker, e, world)
     return None
+
+
+# When this module's imports (torch, mlflow, cct) were done: a worker's phase mark.
+IMPORTED_AT = time.time()
