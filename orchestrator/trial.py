@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch.distributed
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -18,7 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.compute import Held
-from orchestrator.phases import PREFIX, Marks, process_started
+from orchestrator.phases import Marks, process_started
 from orchestrator.tracking import child_run
 from orchestrator.worker import HELD, train_loop_per_worker
 from search_spaces import SweepSpec, config_for_trial
@@ -108,17 +107,6 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         ),
     )
     marks.mark("fit_called")
-    result = trainer.fit()
+    trainer.fit()
     marks.mark("fit_returned")
-    log_phases(client, run_id, marks.t0, {**(result.metrics or {}), **marks.metrics()})
-
-
-def log_phases(client: MlflowClient, run_id: str, t0: float, metrics: dict[str, Any]) -> None:
-    """The trial's phase marks (its own and rank 0's, from the last report) in one call,
-    each timestamped with the wall-clock time of its mark."""
-    batch = [
-        Metric(k, float(v), int((t0 + v) * 1000), 0)
-        for k, v in metrics.items()
-        if k.startswith(PREFIX)
-    ]
-    client.log_batch(run_id, metrics=batch)
+    marks.log(client, run_id)

@@ -117,8 +117,9 @@ class RayCallbacks:
         if artifacts is not None and self.analysis is not None and not done:
             run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
         self.marks.mark("final_done")
-        # Every rank: now Tune hears the last epoch; the trial function logs the phase marks.
-        ray.train.report({**self.last_report, **self.marks.metrics()})
+        if isinstance(self.tracker, RunTracker):
+            self.marks.log(self.tracker.client, self.tracker.run_id)
+        ray.train.report(self.last_report)  # every rank: now Tune hears the last epoch
 
 
 def run_analysis(

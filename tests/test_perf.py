@@ -27,6 +27,7 @@ from cct.perf.reference_model import ExplicitAttention, reference_model
 from cct.perf.report import make_row, merge_rows, render_markdown, run_info
 from cct.perf.steps import ours_step
 from orchestrator.overhead import overhead_row, trial_overheads
+from orchestrator.phases import Marks, gaps
 
 GOLDEN = {"cct_7_3x1_32": 3_760_139, "cct_7_3x2_32": 3_853_259}
 
@@ -283,3 +284,24 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, args, named):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_phase_gaps_follow_the_marks_in_time_order():
+    marks = Marks(t0=100.0)
+    marks.mark("trial_entered", 100.0)
+    marks.mark("actor_process_started", 97.5)
+    marks.mark("run_ready", 101.0)
+    marks.mark("run_ready", 105.0)  # the first mark counts
+    with pytest.raises(ValueError, match="unknown phase mark 'run_redy'"):
+        marks.mark("run_redy")
+    logged = marks.metrics()
+    assert logged == {
+        "phase.trial_entered_s": 0.0,
+        "phase.actor_process_started_s": -2.5,
+        "phase.run_ready_s": 1.0,
+    }
+    assert gaps({**logged, "trial_closed": 4.0}) == {
+        "actor_process_started->trial_entered": 2.5,
+        "trial_entered->run_ready": 1.0,
+        "run_ready->trial_closed": 3.0,
+    }
