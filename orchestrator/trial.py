@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.compute import Held
 from orchestrator.phases import Marks, process_started
 from orchestrator.tracking import child_run
-from orchestrator.worker import HELD, train_loop_per_worker
+from orchestrator.tune_report import HoldingTuneReport
+from orchestrator.worker import train_loop_per_worker
 from search_spaces import SweepSpec, config_for_trial
 
 # Ray Train V2 restores a run only when its name and storage path match: both are derived
@@ -41,14 +41,14 @@ class SweepContext:
     simulated_gpus: bool = False  # $CCT_SIMULATED_GPUS=1 for the driver: logical GPUs
 
 
-class HoldingTuneReport(TuneReportCallback):
-    """TuneReportCallback that keeps back from Tune the reports marked HELD: the last
-    epoch's, checkpointed by Ray Train at once, reaches Tune after the analysis (reported
-    again without the mark), since ASHA stops a trial at its max_t report."""
+_TRIALS_IN_PROCESS = [0]
 
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        if not metrics[0].get(HELD):
-            super().after_report(run_context, metrics, checkpoint)
+
+def first_trial_in_process() -> bool:
+    """True for the first trial this process runs: Tune reuses a trial actor for the next
+    trial (the driver's `reuse_actors`), and only the first paid for its start."""
+    _TRIALS_IN_PROCESS[0] += 1
+    return _TRIALS_IN_PROCESS[0] == 1
 
 
 def backend_for(use_gpu: bool) -> str:
@@ -60,7 +60,8 @@ def backend_for(use_gpu: bool) -> str:
 def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     marks = Marks(time.time())
     marks.mark("trial_entered", marks.t0)
-    marks.mark("actor_process_started", process_started())
+    if first_trial_in_process():
+        marks.mark("actor_process_started", process_started())
     spec = ctx.spec
     trial_id = tune.get_context().get_trial_id()
     cfg = config_for_trial(spec, params)

@@ -32,12 +32,9 @@ from orchestrator.cluster import this_node_id
 from orchestrator.compute import ComputeClock, Held
 from orchestrator.phases import Marks, process_started
 from orchestrator.tracking import NullTracker, RunTracker
+from orchestrator.tune_report import HELD  # the last epoch's report, held back from Tune
 from orchestrator.worker_log import trial_log
 
-# A report carrying HELD reaches Ray Train (its checkpoint is kept) but not Tune
-# (orchestrator.trial.HoldingTuneReport): the last epoch's, until the analysis is done, as
-# ASHA stops a trial at its max_t report and the analysis would die with it.
-HELD = "held_from_tune"
 FAILED = FAILURE_TAG  # in the one report of a trial that failed for good: its reason
 OOM_RETRY_TAG = "oom_retry"  # set when a shared GPU's out-of-memory was retried once
 OOM_WAIT_S = 600  # how long a retry waits for a neighbour to release its memory
