@@ -32,7 +32,7 @@ import yaml
 from cct.cli import OneLineParser, fail
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
 from cct.perf.timing import load_average
-from orchestrator.phases import PREFIX, gaps
+from orchestrator.phases import ORDER, PREFIX, gaps
 
 EPOCHS = 2
 HEADS = (2, 4)  # one trial per head count
@@ -135,6 +135,7 @@ def run_sweep(folder: Path) -> tuple[float, list[float], list[dict[str, float]]]
     )
     wall = time.perf_counter() - t0
     runs = read_trial_runs(f"sqlite:///{folder / 'mlflow.db'}", "overhead")
+    runs.sort(key=lambda r: r["start_ms"])  # the trials in the order they ran
     if len(runs) != len(HEADS):
         raise RuntimeError(f"expected {len(HEADS)} trial runs in MLflow, found {len(runs)}")
     return wall, trial_overheads(runs), [gaps(r["phases"]) for r in runs]
@@ -189,7 +190,9 @@ def overhead_row(
 
 def print_phases(phases: list[dict[str, float]]) -> None:
     """One line per phase: its seconds in each trial."""
-    names = list(dict.fromkeys(name for trial in phases for name in trial))
+    names = sorted(
+        {name for trial in phases for name in trial}, key=lambda n: ORDER.index(n.split("->")[0])
+    )
     width = max((len(n) for n in names), default=0)
     for name in names:
         cells = ", ".join(f"{t[name]:5.2f}" if name in t else "    -" for t in phases)
