@@ -57,10 +57,12 @@ def metric_name(mark: str) -> str:
     return f"{PREFIX}{mark}_s"
 
 
-def process_started() -> float:
-    """This process's start, wall clock (psutil comes with Ray)."""
-    import psutil
-
+def process_started() -> float | None:
+    """This process's start, wall clock; None without psutil (Ray does not require it)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
     return psutil.Process(os.getpid()).create_time()
 
 
@@ -75,6 +77,11 @@ class Marks:
         if name not in ORDER:  # a typo would silently drop a phase from the breakdown
             raise ValueError(f"unknown phase mark {name!r}; known: {', '.join(ORDER)}")
         self.at.setdefault(name, time.time() if at is None else at)  # the first one counts
+
+    def mark_process_start(self, name: str) -> None:
+        started = process_started()
+        if started is not None:
+            self.mark(name, started)
 
     def metrics(self) -> dict[str, float]:
         return {metric_name(k): v - self.t0 for k, v in self.at.items()}

@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.compute import Held
-from orchestrator.phases import Marks, process_started
+from orchestrator.phases import Marks
 from orchestrator.tracking import child_run
 from orchestrator.tune_report import HoldingTuneReport
 from orchestrator.worker import train_loop_per_worker
@@ -61,7 +61,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     marks = Marks(time.time())
     marks.mark("trial_entered", marks.t0)
     if first_trial_in_process():
-        marks.mark("actor_process_started", process_started())
+        marks.mark_process_start("actor_process_started")
     spec = ctx.spec
     trial_id = tune.get_context().get_trial_id()
     cfg = config_for_trial(spec, params)

@@ -30,7 +30,7 @@ from cct.data import DeviceData, load_dataset
 from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
 from orchestrator.cluster import this_node_id
 from orchestrator.compute import ComputeClock, Held
-from orchestrator.phases import Marks, process_started
+from orchestrator.phases import Marks
 from orchestrator.tracking import NullTracker, RunTracker
 from orchestrator.tune_report import HELD  # the last epoch's report, held back from Tune
 from orchestrator.worker_log import trial_log
@@ -191,7 +191,7 @@ def wait_for_memory(config: dict[str, Any]) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     marks = Marks(config.get("phase_t0", time.time()))
     marks.mark("worker_entered")
-    marks.mark("worker_process_started", process_started())
+    marks.mark_process_start("worker_process_started")
     marks.mark("worker_imported", IMPORTED_AT)
     rank = ray.train.get_context().get_world_rank()
     with trial_log(config["tracking_uri"], config["run_id"], rank, this_node_id()):
