@@ -88,6 +88,12 @@ def assigned_gpus(uuids: Sequence[str], nvml: Any) -> list[Gpu]:
     return found
 
 
+def _busy_total(times: Any) -> tuple[float, float]:
+    # psutil's own rule: busy is everything but idle and waiting for I/O.
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
+
+
 class Probe:
     """One sample's readings, keyed as logged (see the module docstring)."""
 
@@ -104,14 +110,16 @@ class Probe:
         self.node, self.rank, self.node_keys = node_prefix(node_id), rank, node_keys
         self.gpus, self.nvml, self.ps = list(gpus), nvml, ps
         self.proc = ps.Process()
-        # psutil's CPU percentages measure since the previous call: this one starts the clock.
-        ps.cpu_percent(None)
+        # CPU percentages measure since the previous reading: these start the clock. The
+        # node's from our own baseline: psutil.cpu_percent() keeps one per process, which
+        # any other caller in the worker (Ray's, a library's) resets.
+        self._cpu = _busy_total(ps.cpu_times())
         self.proc.cpu_percent(None)
 
     def read(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.node_keys:
-            out[f"{self.node}/cpu_percent"] = self.ps.cpu_percent(None)
+            out[f"{self.node}/cpu_percent"] = self._node_cpu_percent()
             out[f"{self.node}/memory_used_gib"] = self.ps.virtual_memory().used / GIB
         rank = f"{self.node}/rank{self.rank}"
         out[f"{rank}/cpu_percent"] = self.proc.cpu_percent(None)
@@ -128,6 +136,11 @@ class Probe:
                 except self.nvml.NVMLError_NotSupported:
                     gpu.power = False
         return out
+
+    def _node_cpu_percent(self) -> float:
+        (busy0, total0), (busy, total) = self._cpu, _busy_total(self.ps.cpu_times())
+        self._cpu = (busy, total)
+        return 100.0 * (busy - busy0) / (total - total0) if total > total0 else 0.0
 
     def _tree_rss(self) -> int:
         rss = self.proc.memory_info().rss

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import namedtuple
 from types import SimpleNamespace
 
 import pytest
@@ -56,6 +57,9 @@ class FakeNvml:
         return 100_000 + h  # milliwatts
 
 
+CpuTimes = namedtuple("CpuTimes", "user system idle iowait")
+
+
 class FakePsutil:
     NoSuchProcess = ProcessLookupError
     AccessDenied = PermissionError
@@ -71,9 +75,13 @@ class FakePsutil:
             gone = SimpleNamespace(memory_info=lambda: (_ for _ in ()).throw(ProcessLookupError))
             return [SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=sm.GIB // 4)), gone]
 
-    @staticmethod
-    def cpu_percent(interval):
-        return 42.0
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def cpu_times(self):
+        # between two readings: 100 more ticks, 42 busy, 50 idle, 8 waiting for I/O
+        self.ticks += 1
+        return CpuTimes(40.0 * self.ticks, 2.0 * self.ticks, 50.0 * self.ticks, 8.0 * self.ticks)
 
     @staticmethod
     def virtual_memory():
@@ -86,7 +94,7 @@ def test_only_the_gpus_whose_uuid_torch_reports_are_read():
     gpus = sm.assigned_gpus(["00000003-aaaa-bbbb-cccc-dddddddddddd", nvml.uuids[1]], nvml)
     assert [g.index for g in gpus] == [1, 3]
     assert gpus[0].name == "Fake H200"
-    probe = sm.Probe(node_id=NODE, rank=1, node_keys=False, gpus=gpus, nvml=nvml, ps=FakePsutil)
+    probe = sm.Probe(node_id=NODE, rank=1, node_keys=False, gpus=gpus, nvml=nvml, ps=FakePsutil())
     values = probe.read()
     assert values == {
         "system/a1b2c3d4/rank1/cpu_percent": 150.0,
@@ -102,7 +110,7 @@ def test_only_the_gpus_whose_uuid_torch_reports_are_read():
 
 def test_node_keys_only_from_the_nodes_first_rank_and_no_gpu_on_cpu():
     assert sm.assigned_gpus([], FakeNvml(driver=False)) == []  # NVML not even started
-    probe = sm.Probe(node_id=NODE, rank=0, node_keys=True, ps=FakePsutil)
+    probe = sm.Probe(node_id=NODE, rank=0, node_keys=True, ps=FakePsutil())
     assert probe.read() == {
         "system/a1b2c3d4/cpu_percent": 42.0,
         "system/a1b2c3d4/memory_used_gib": 3.0,
@@ -119,7 +127,7 @@ def test_a_gpu_without_power_readings_logs_the_rest():
         node_keys=False,
         gpus=sm.assigned_gpus([nvml.uuids[2]], nvml),
         nvml=nvml,
-        ps=FakePsutil,
+        ps=FakePsutil(),
     )
     for _ in range(2):
         keys = set(probe.read())
