@@ -196,13 +196,17 @@ class Sampler:
             self.error = e
             _warn(f"stopped after {self.samples} sample(s): {type(e).__name__}: {e}")
 
-    def _sample(self) -> None:
+    def metrics(self) -> list[Metric]:
+        """One sample: the readings as MLflow metrics, stamped now."""
         now = self.clock()
         values = self.read()
-        ms, step = int(now * 1000), max(0, int(now - self.origin_s))
-        self.write([Metric(k, float(v), ms, step) for k, v in values.items()])
-        self.samples += 1
         self._last = now
+        ms, step = int(now * 1000), max(0, int(now - self.origin_s))
+        return [Metric(k, float(v), ms, step) for k, v in values.items()]
+
+    def _sample(self) -> None:
+        self.write(self.metrics())
+        self.samples += 1
 
 
 def start(

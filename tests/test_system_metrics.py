@@ -252,3 +252,15 @@ def test_the_sweep_file_switch():
         " (auto: on when resources.gpus_per_worker > 0)",
         "system_metrics.interval_s: must be at least 1, got 0.1",
     ]
+
+
+def test_the_overhead_benchmark_runs_and_writes_its_row(tmp_path, capsys):
+    from orchestrator.system_metrics_bench import main
+
+    assert (
+        main(["--interval-s", "1", "--block-s", "0.2", "--repeats", "1", "--out", str(tmp_path)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "without the sampler" in out and "one sample:" in out
+    assert "system_metrics_overhead" in (tmp_path / "bench.json").read_text()

@@ -1,0 +1,135 @@
+"""What sampling system metrics costs a CPU training step:
+`python -m orchestrator.system_metrics_bench [--out DIR]`.
+
+Times the engine's training step (cct/perf's one trial of a small sweep, `cct_2_3x2_32` on
+32 px random images, batch 64, on one torch thread as Ray gives a 1-CPU worker) in blocks of
+about `--block-s` seconds, alternately with a worker's sampler running at `--interval-s` (the
+sweep file's default; a node-keys rank, writing to a temporary sqlite MLflow store as a trial's
+does) and without one, AB BA ... so slow phases of a shared machine hit both. Separately it
+times one sample (the readings plus their `log_batch`), the cost the interval spreads out.
+Prints the median seconds per step both ways and the sample's cost as a share of the interval;
+with --out the row is merged into DIR/bench.json and DIR/bench.md (cct/perf/report.py).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from cct.cli import OneLineParser, fail
+from cct.perf.cases import SMALL_TRIAL, model_pair, our_training_step, random_data
+from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
+from cct.perf.steps import Step
+from cct.perf.timing import interleaved, load_average, seconds_per_call
+from orchestrator.system_metrics import Probe, Sampler
+from search_spaces import SystemMetricsSpec
+
+BATCH, IMG_SIZE = 64, 32
+NODE_ID = "bench000" + "0" * 48
+CPU = torch.device("cpu")
+
+
+class Store:
+    """A trial's run in a temporary sqlite store, and the probe a node's first rank uses."""
+
+    def __init__(self, folder: Path) -> None:
+        self.client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        experiment = self.client.create_experiment("system-metrics-bench")
+        self.run_id = self.client.create_run(experiment).info.run_id
+        self.probe = Probe(node_id=NODE_ID, rank=0, node_keys=True)
+
+    def write(self, metrics: list) -> None:
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def sampler(self, interval_s: float) -> Sampler:
+        return Sampler(self.probe.read, self.write, interval_s=interval_s, origin_s=time.time())
+
+
+def sample_seconds(store: Store, samples: int) -> float:
+    """Median seconds of one sample (read + log_batch), on this thread."""
+    sampler, times = store.sampler(1.0), []  # not started: sampled here, by hand
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        store.write(sampler.metrics())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def step_seconds(step: Step, calls: int, sampler: Sampler | None) -> float:
+    """Seconds per step over `calls` steps, with `sampler` running through them (its start
+    and its last sample at stop stay outside the timing)."""
+    if sampler is None:
+        return seconds_per_call(step, calls, CPU)
+    sampler.start()
+    try:
+        return seconds_per_call(step, calls, CPU)
+    finally:
+        sampler.stop()
+        if sampler.error is not None:
+            raise RuntimeError(f"the sampler failed: {sampler.error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(
+        prog="python -m orchestrator.system_metrics_bench", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--interval-s", type=float, default=SystemMetricsSpec().interval_s)
+    p.add_argument("--block-s", type=float, default=None, help="default: 2 intervals")
+    p.add_argument("--repeats", type=int, default=3, help="blocks per side")
+    p.add_argument("--out", type=Path, default=None, help="report folder (bench.json/bench.md)")
+    args = p.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        fail(f"--out {args.out}: not a folder")
+    block_s = args.block_s or 2 * args.interval_s
+    torch.set_num_threads(1)
+    start = load_average()
+    model, _ = model_pair(SMALL_TRIAL, img_size=IMG_SIZE, quick=False, device=CPU)
+    step = our_training_step(model, random_data(1024, IMG_SIZE, CPU), batch_size=BATCH, bf16=False)
+    warm = seconds_per_call(step, 5, CPU)
+    calls = max(1, math.ceil(block_s / seconds_per_call(step, max(1, int(2 / warm)), CPU)))
+    print(f"{SMALL_TRIAL.variant} step on CPU, batch {BATCH}: {calls} steps per block of"
+          f" ~{block_s:g} s, sampler every {args.interval_s:g} s (load average {start})")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="cct-sysmetrics-") as tmp:
+        store = Store(Path(tmp))
+        one = sample_seconds(store, 30)
+        paired = interleaved(
+            lambda: 1e3 * step_seconds(step, calls, store.sampler(args.interval_s)),
+            lambda: 1e3 * step_seconds(step, calls, None),
+            args.repeats,
+            label="step",
+            unit="ms",
+        )
+    on, off = paired.ours_median, paired.reference_median
+    share = one / args.interval_s
+    print(f"training step: {off:.2f} ms without the sampler, {on:.2f} ms with it"
+          f" ({100 * (on / off - 1):+.2f} %, medians of {args.repeats} blocks each)")  # fmt: skip
+    print(f"one sample: {1e3 * one:.1f} ms (read + log_batch to sqlite) every"
+          f" {args.interval_s:g} s = {100 * share:.3f} % of one core")  # fmt: skip
+    if args.out is not None:
+        row = make_row(
+            "system_metrics_overhead",
+            figure="training step with the system-metrics sampler, ms",
+            config=f"{SMALL_TRIAL.variant} 32 px, batch {BATCH}, 1 CPU thread,"
+            f" sample every {args.interval_s:g} s",
+            unit="ms",
+            higher_is_better=False,
+            ours=paired.ours,
+            reference=paired.reference,
+            notes=f"ours: sampler on; reference: off; one sample {1e3 * one:.1f} ms",
+            sample_ms=1e3 * one,
+        )
+        run = run_info("orchestrator.system_metrics_bench", "cpu (1 thread)", start)
+        merge_rows(args.out / JSON_NAME, [row], run=run)
+        print(f"wrote {args.out / JSON_NAME} and {args.out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
