@@ -225,11 +225,11 @@ def start(
     try:
         gpus: list[Gpu] = []
         if uuids:
-            if nvml is None:
-                import pynvml as nvml  # nvidia-ml-py; imports without a GPU
             try:
+                if nvml is None:
+                    import pynvml as nvml  # nvidia-ml-py; imports without a GPU
                 gpus = assigned_gpus(uuids, nvml)
-            except (nvml.NVMLError, LookupError) as e:
+            except Exception as e:  # no driver, a MIG slice: CPU and memory still count
                 _warn(f"no GPU metrics on rank {rank}: {type(e).__name__}: {e}")
         probe = Probe(node_id=node_id, rank=rank, node_keys=node_keys, gpus=gpus, nvml=nvml)
         client = MlflowClient(tracking_uri)
