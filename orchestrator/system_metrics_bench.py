@@ -7,8 +7,10 @@ about `--block-s` seconds, alternately with a worker's sampler running at `--int
 sweep file's default; a node-keys rank, writing to a temporary sqlite MLflow store as a trial's
 does) and without one, AB BA ... so slow phases of a shared machine hit both. Separately it
 times one sample (the readings plus their `log_batch`), the cost the interval spreads out.
-Prints the median seconds per step both ways and the sample's cost as a share of the interval;
-with --out the row is merged into DIR/bench.json and DIR/bench.md (cct/perf/report.py).
+Prints the median CPU time per step both ways (this process's, the sampler's thread included:
+on a shared machine other processes stretch the wall time, printed too, but not this), and the
+sample's cost as a share of the interval; with --out the row is merged into DIR/bench.json
+and DIR/bench.md (cct/perf/report.py).
 """
 
 from __future__ import annotations
@@ -65,18 +67,22 @@ def sample_seconds(store: Store, samples: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def step_seconds(step: Step, calls: int, sampler: Sampler | None) -> float:
-    """Seconds per step over `calls` steps, with `sampler` running through them (its start
-    and its last sample at stop stay outside the timing)."""
-    if sampler is None:
-        return seconds_per_call(step, calls, CPU)
-    sampler.start()
+def step_ms(step: Step, calls: int, sampler: Sampler | None, walls: list[float]) -> float:
+    """CPU milliseconds of this process per step over `calls` steps (the sampler's thread
+    included), its wall milliseconds appended to `walls`; `sampler` runs through the steps
+    (its start and its last sample at stop stay outside the timing). The CPU time is the
+    figure: other processes on a shared machine stretch the wall time, not it."""
+    if sampler is not None:
+        sampler.start()
     try:
-        return seconds_per_call(step, calls, CPU)
+        c0 = time.process_time()
+        walls.append(1e3 * seconds_per_call(step, calls, CPU))
+        return 1e3 * (time.process_time() - c0) / calls
     finally:
-        sampler.stop()
-        if sampler.error is not None:
-            raise RuntimeError(f"the sampler failed: {sampler.error}")
+        if sampler is not None:
+            sampler.stop()
+            if sampler.error is not None:
+                raise RuntimeError(f"the sampler failed: {sampler.error}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,23 +108,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cct-sysmetrics-") as tmp:
         store = Store(Path(tmp))
         one, one_cpu = sample_seconds(store, 30)
+        wall_on: list[float] = []
+        wall_off: list[float] = []
         paired = interleaved(
-            lambda: 1e3 * step_seconds(step, calls, store.sampler(args.interval_s)),
-            lambda: 1e3 * step_seconds(step, calls, None),
+            lambda: step_ms(step, calls, store.sampler(args.interval_s), wall_on),
+            lambda: step_ms(step, calls, None, wall_off),
             args.repeats,
-            label="step",
+            label="step CPU time",
             unit="ms",
         )
     on, off = paired.ours_median, paired.reference_median
     share = one_cpu / args.interval_s
-    print(f"training step: {off:.2f} ms without the sampler, {on:.2f} ms with it"
+    print(f"training step, CPU time: {off:.2f} ms without the sampler, {on:.2f} ms with it"
           f" ({100 * (on / off - 1):+.2f} %, medians of {args.repeats} blocks each)")  # fmt: skip
+    print(f"training step, wall time: {statistics.median(wall_off):.2f} ms without,"
+          f" {statistics.median(wall_on):.2f} ms with (blocks: {_ms(wall_off)} / {_ms(wall_on)})")  # fmt: skip
     print(f"one sample (read + log_batch to sqlite): {1e3 * one:.1f} ms wall, {1e3 * one_cpu:.1f}"
           f" ms CPU, every {args.interval_s:g} s = {100 * share:.3f} % of one core")  # fmt: skip
     if args.out is not None:
         row = make_row(
             "system_metrics_overhead",
-            figure="training step with the system-metrics sampler, ms",
+            figure="training step's CPU time with the system-metrics sampler, ms",
             config=f"{SMALL_TRIAL.variant} 32 px, batch {BATCH}, 1 CPU thread,"
             f" sample every {args.interval_s:g} s",
             unit="ms",
@@ -129,11 +139,17 @@ def main(argv: list[str] | None = None) -> int:
             f" {1e3 * one_cpu:.1f} ms CPU",
             sample_ms=1e3 * one,
             sample_cpu_ms=1e3 * one_cpu,
+            wall_ms_on=wall_on,
+            wall_ms_off=wall_off,
         )
         run = run_info("orchestrator.system_metrics_bench", "cpu (1 thread)", start)
         merge_rows(args.out / JSON_NAME, [row], run=run)
         print(f"wrote {args.out / JSON_NAME} and {args.out / 'bench.md'}")
     return 0
+
+
+def _ms(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
 
 
 if __name__ == "__main__":
