@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-s", type=float, default=SystemMetricsSpec().interval_s)
     p.add_argument("--block-s", type=float, default=None, help="default: 2 intervals")
     p.add_argument("--repeats", type=int, default=3, help="blocks per side")
+    p.add_argument("--samples", type=int, default=30, help="samples timed alone")
     p.add_argument("--out", type=Path, default=None, help="report folder (bench.json/bench.md)")
     args = p.parse_args(argv)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
           f" ~{block_s:g} s, sampler every {args.interval_s:g} s (load average {start})")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cct-sysmetrics-") as tmp:
         store = Store(Path(tmp))
-        one, one_cpu = sample_seconds(store, 30)
+        one, one_cpu = sample_seconds(store, args.samples)
         wall_on: list[float] = []
         wall_off: list[float] = []
         paired = interleaved(
