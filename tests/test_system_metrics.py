@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator import system_metrics as sm
-from search_spaces import SpecError, load_spec
+from search_spaces import SpecError, SystemMetricsSpec, load_spec
 
 NODE = "a1b2c3d4" + "e" * 48  # a 56-hex-digit Ray node id
 
@@ -242,7 +242,8 @@ def test_start_never_raises_and_keeps_cpu_metrics_without_a_driver(tmp_path, cap
 def test_the_sweep_file_switch():
     assert load_spec(None).system_metrics.enabled is True  # the quickstart shows them
     auto = load_spec(None, ["system_metrics.enabled=auto"]).system_metrics
-    assert (auto.active(0), auto.active(0.5), auto.interval_s) == (False, True, 10.0)
+    assert (auto.active(0), auto.active(0.5), auto.interval_s) == (False, True, 5.0)
+    assert SystemMetricsSpec() == SystemMetricsSpec(enabled="auto", interval_s=10.0)
     off = load_spec(None, ["system_metrics=off"]).system_metrics
     assert not off.active(1)
     with pytest.raises(SpecError) as e:
