@@ -81,6 +81,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     if use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     analysis = None if spec.analysis.blocks == "none" else dataclasses.asdict(spec.analysis)
+    sampled = spec.system_metrics.active(res.gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -93,6 +94,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "gpus_per_worker": res.gpus_per_worker,
             "held": dataclasses.asdict(Held.of(res)),
             "simulated_gpus": ctx.simulated_gpus,
+            "system_metrics": dataclasses.asdict(spec.system_metrics) if sampled else None,
             "phase_t0": marks.t0,
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),

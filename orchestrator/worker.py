@@ -1,6 +1,7 @@
 """The per-worker loop Ray Train runs on every rank of a trial: rebuild the config, resume
 from Ray's checkpoint if there is one, and run the `cct` trainer with callbacks that report
-to Ray (every rank, every epoch) and log to MLflow (rank 0 only).
+to Ray (every rank, every epoch) and log to MLflow (rank 0 only; every rank adds its own
+system metrics when the sweep asks for them).
 
 A failure no retry can heal (divergence, a model or batch the config cannot build, an
 out-of-memory before the first step on a GPU of its own) ends the training function
@@ -13,7 +14,8 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from cct import dist
 from cct.config import ConfigError, TrainConfig
 from cct.data import DeviceData, load_dataset
 from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
+from orchestrator import system_metrics
 from orchestrator.cluster import this_node_id
 from orchestrator.compute import ComputeClock, Held
 from orchestrator.phases import Marks
@@ -188,6 +191,31 @@ def wait_for_memory(config: dict[str, Any]) -> None:
         time.sleep(5)
 
 
+@contextmanager
+def sampling_system_metrics(config: dict[str, Any], device: torch.device) -> Iterator[None]:
+    """This worker's system metrics sampled into the trial's run while the body runs, when
+    the sweep asks for them: every rank, each under its node (orchestrator/system_metrics.py);
+    the training metrics stay rank 0's."""
+    options = config.get("system_metrics")
+    sampler = None
+    if options:
+        context = ray.train.get_context()
+        sampler = system_metrics.start(
+            tracking_uri=config["tracking_uri"],
+            run_id=config["run_id"],
+            interval_s=float(options["interval_s"]),
+            node_id=this_node_id(),
+            rank=context.get_world_rank(),
+            node_keys=context.get_local_rank() == 0,  # the node's CPU and memory, once
+            uuids=system_metrics.gpu_uuids(device),
+        )
+    try:
+        yield
+    finally:
+        if sampler is not None:
+            sampler.stop()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     marks = Marks(config.get("phase_t0", time.time()))
     marks.mark("worker_entered")
@@ -239,17 +267,18 @@ def _fit(
     try:
         gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         _, device = dist.setup(assigned_device(gpu_ids, simulated=simulated_gpus(config)))
-        data = load_dataset(cfg.data, device)  # the analysis reuses it
-        marks.mark("data_ready")
-        with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
-            fit(
-                cfg,
-                callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock, marks),
-                resume_from=Path(folder) if folder else None,
-                data=data,
-                latency_shared=config.get("latency_shared", False),
-                device=device,
-            )
+        with sampling_system_metrics(config, device):
+            data = load_dataset(cfg.data, device)  # the analysis reuses it
+            marks.mark("data_ready")
+            with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
+                fit(
+                    cfg,
+                    callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock, marks),
+                    resume_from=Path(folder) if folder else None,
+                    data=data,
+                    latency_shared=config.get("latency_shared", False),
+                    device=device,
+                )
     except TrainingDiverged as e:
         return "diverged", str(e)
     except ConfigError as e:

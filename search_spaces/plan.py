@@ -86,6 +86,9 @@ def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
     ]
     if prices:
         lines.append(f"  prices         {', '.join(prices)} (the summary's cost)")
+    sm = spec.system_metrics
+    if sm.active(r.gpus_per_worker):
+        lines.append(f"  system metrics every {sm.interval_s:g} s from every worker")
     lines.append("Fixed config (base; every other key has its TrainConfig default):")
     searched = {k for k, _ in spec.search} | ({"seed"} if t.seeds else set())
     defaults = flatten(TrainConfig().to_dict())

@@ -112,6 +112,22 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class SystemMetricsSpec:
+    """CPU, memory and GPU samples of every worker into its trial's run (README, "System
+    metrics"). Monitoring only: it is not part of the spec hash, so a resume may change it."""
+
+    # auto: on when the workers hold GPUs; YAML's on/off (true/false) force it either way.
+    enabled: Literal["auto"] | bool = "auto"
+    # MLflow's own monitor samples every 10 s, W&B's every 15 s; much faster and each
+    # worker's MLflow writes would cost more than the samples show.
+    interval_s: float = field(default=10.0, metadata=at_least(1))
+
+    def active(self, gpus_per_worker: float) -> bool:
+        """Whether trials whose workers hold `gpus_per_worker` GPUs each are sampled."""
+        return gpus_per_worker > 0 if self.enabled == "auto" else bool(self.enabled)
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     base: TrainConfig
@@ -122,6 +138,7 @@ class SweepSpec:
     storage_path: str = ""  # absolute path or URI
     keep_checkpoints: int = field(default=2, metadata=at_least(1))
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    system_metrics: SystemMetricsSpec = field(default_factory=SystemMetricsSpec)
     source: str = ""
     hash: str = ""
 
@@ -145,6 +162,7 @@ class SweepSpec:
             tracking=dataclasses.asdict(self.tracking),
             storage_path=self.storage_path,
             keep_checkpoints=self.keep_checkpoints,
+            system_metrics=dataclasses.asdict(self.system_metrics),
             source=self.source,
             hash=self.hash,
         )

@@ -41,6 +41,7 @@ from search_spaces.spec import (
     ResourcesSpec,
     SpecError,
     SweepSpec,
+    SystemMetricsSpec,
     TrackingSpec,
     TuneSpec,
 )
@@ -199,6 +200,7 @@ def build_spec(
     storage_path = _parse_storage_path(raw.get("storage_path", default_storage), cwd, errors)
     top = _read(SweepSpec, {k: raw[k] for k in ("keep_checkpoints",) if k in raw}, "", errors)
     analysis = _parse_analysis(raw.get("analysis"), errors)
+    system_metrics = _parse_system_metrics(raw.get("system_metrics"), errors)
 
     _check_searcher(search, tune, top_level_ok and _clean(errors, "search"), errors)
     _check_device(base, resources, errors)
@@ -218,6 +220,7 @@ def build_spec(
         tracking=tracking,
         storage_path=storage_path,
         analysis=analysis,
+        system_metrics=system_metrics,
         source=source,
         **top,
     )
@@ -540,6 +543,25 @@ def _parse_analysis(raw: Any, errors: list[Problem]) -> AnalysisSpec:
         )
         blocks = "all"
     return AnalysisSpec(blocks=blocks, **f)
+
+
+def _parse_system_metrics(raw: Any, errors: list[Problem]) -> SystemMetricsSpec:
+    if isinstance(raw, bool) or raw == "auto":  # the short form: `system_metrics: on`
+        raw = {"enabled": raw}
+    section = _mapping(raw, "system_metrics", errors) or {}
+    f = _read(SystemMetricsSpec, section, "system_metrics", errors, own=("enabled",))
+    enabled = f.pop("enabled", SystemMetricsSpec().enabled)
+    if not isinstance(enabled, bool) and enabled != "auto":
+        errors.append(
+            Problem(
+                "system_metrics.enabled",
+                f"expected auto, on or off, got {enabled!r}"
+                " (auto: on when resources.gpus_per_worker > 0)",
+                enabled,
+            )
+        )
+        enabled = SystemMetricsSpec().enabled
+    return SystemMetricsSpec(enabled=enabled, **f)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,11 +16,17 @@ import torch
 
 
 def small_sweep_yaml(
-    *, name: str, epochs: int, resources: str, analysis: str, checkpoint_every: int = 1
+    *,
+    name: str,
+    epochs: int,
+    resources: str,
+    analysis: str,
+    checkpoint_every: int = 1,
+    system_metrics: str = "auto",
 ) -> str:
     """The sweep file the Ray tests share: 2 Optuna trials (2 or 4 heads) of a tiny CCT on
-    digits, a checkpoint every `checkpoint_every` epochs; `resources` and `analysis` are
-    YAML flow mappings."""
+    digits, a checkpoint every `checkpoint_every` epochs; `resources`, `analysis` and
+    `system_metrics` are YAML flow mappings (or the latter's short form: auto, on, off)."""
     return f"""
 name: {name}
 base:
@@ -35,6 +41,7 @@ search:
 tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
 resources: {resources}
 analysis: {analysis}
+system_metrics: {system_metrics}
 """
 
 
@@ -46,6 +53,7 @@ SWEEP = small_sweep_yaml(
     "price_per_cpu_hour: 0.5}",
     analysis="{blocks: all}",
     checkpoint_every=2,  # a resume repeats up to one epoch, which MLflow must not log twice
+    system_metrics="{enabled: on, interval_s: 5}",  # on CPU: only when asked
 )
 
 

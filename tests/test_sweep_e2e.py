@@ -132,6 +132,22 @@ def test_compute_hours_add_up_over_attempts_and_trials(sweep, mlflow_runs):
     assert " at 0.5 per CPU-hour" in sweep["log"]
 
 
+def test_every_rank_logs_system_metrics_under_its_node(mlflow_runs):
+    client, runs = mlflow_runs
+    for run in (r for r in runs if r.data.tags.get("role") == "trial"):
+        m, t = run.data.metrics, run.data.tags
+        # the last attempt's node (the resumed sweep runs on a new local Ray instance)
+        node = t["ray_node_id"][:8]
+        assert t[f"system/{node}/node_id"] == t["ray_node_id"]
+        # both ranks share the node: its CPU and memory once, each rank's own process
+        for key in ("cpu_percent", "memory_used_gib", "rank0/rss_gib", "rank1/rss_gib"):
+            assert f"system/{node}/{key}" in m, sorted(m)
+        assert 0 <= m[f"system/{node}/cpu_percent"] <= 100
+        assert not [k for k in m if "/gpu" in k]  # gloo workers on the CPU hold no GPU
+        history = client.get_metric_history(run.info.run_id, f"system/{node}/rank1/rss_gib")
+        assert history and min(h.step for h in history) >= 0  # seconds into the trial
+
+
 def test_epochs_continue_after_each_crash(sweep):
     root = sweep["root"]
     # trials cut off mid-run (one that had already finished is not run again)
