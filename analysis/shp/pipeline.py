@@ -205,66 +205,50 @@ def analyze_features(
     if held_y.numel() == 0:
         raise AnalysisError(f"the {options.heldout} split is empty: nothing to build matrices on")
 
+    seconds: dict[str, float] = {}
+    summary["seconds"] = seconds
+    # a tick for the readouts, the held-out pass, each block and the plots
     with bar(2 + len(layouts) + bool(options.plots), "SHP analysis") as ticks:
-        _analyse(extract, layouts, data, pooling, fit, threshold, out_dir, options, summary, ticks)
+        t = time.perf_counter()
+        ticks.set_postfix_str("training features and readouts")
+        readouts, train_pooled = fit_readouts(
+            extract, layouts, data, pooling, fit, options, summary
+        )
+        ticks.update()
+        t1 = time.perf_counter()
+        ticks.set_postfix_str("held-out pass")
+        held = heldout_pass(extract, readouts, held_x, held_y, data, options.batch_size)
+        seconds["heldout_pass"] = sync_time(t1)
+        ticks.update()
+
+        for lay in layouts:
+            ticks.set_postfix_str(f"block {lay.block}")
+            tb = time.perf_counter()
+            entry = _analyse_block(
+                lay,
+                readouts[lay.block],
+                held,
+                train_pooled[lay.block],
+                data,
+                threshold,
+                options,
+                out_dir,
+            )
+            entry["seconds"] = time.perf_counter() - tb
+            summary["blocks"].append(entry)
+            ticks.update()
+        seconds["analysis"] = sync_time(t)
+        if options.plots:
+            from analysis.shp.plots import plot_blocks  # matplotlib only when drawing
+
+            ticks.set_postfix_str("plots")
+            tp = time.perf_counter()
+            plot_blocks(summary["blocks"], out_dir / "blocks.png")
+            seconds["plots"] = time.perf_counter() - tp
+            ticks.update()
     summary = jsonable(summary)
     _write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def _analyse(
-    extract: Extractor,
-    layouts: list[BlockUnits],
-    data: DeviceData,
-    pooling: Pooling,
-    fit: Fit,
-    threshold: float,
-    out_dir: Path,
-    options: ShpOptions,
-    summary: dict[str, Any],
-    ticks: Any,
-) -> None:
-    """Fill `summary`: the readouts, the held-out pass, then block by block, a tick each."""
-    held_x, held_y = (
-        (data.val_x, data.val_y) if options.heldout == "val" else (data.test_x, data.test_y)
-    )
-    seconds: dict[str, float] = {}
-    summary["seconds"] = seconds
-    t = time.perf_counter()
-    ticks.set_postfix_str("training features and readouts")
-    readouts, train_pooled = fit_readouts(extract, layouts, data, pooling, fit, options, summary)
-    ticks.update()
-    t1 = time.perf_counter()
-    ticks.set_postfix_str("held-out pass")
-    held = heldout_pass(extract, readouts, held_x, held_y, data, options.batch_size)
-    seconds["heldout_pass"] = sync_time(t1)
-    ticks.update()
-
-    for lay in layouts:
-        ticks.set_postfix_str(f"block {lay.block}")
-        tb = time.perf_counter()
-        entry = _analyse_block(
-            lay,
-            readouts[lay.block],
-            held,
-            train_pooled[lay.block],
-            data,
-            threshold,
-            options,
-            out_dir,
-        )
-        entry["seconds"] = time.perf_counter() - tb
-        summary["blocks"].append(entry)
-        ticks.update()
-    seconds["analysis"] = sync_time(t)
-    if options.plots:
-        from analysis.shp.plots import plot_blocks  # matplotlib only when drawing
-
-        ticks.set_postfix_str("plots")
-        tp = time.perf_counter()
-        plot_blocks(summary["blocks"], out_dir / "blocks.png")
-        seconds["plots"] = time.perf_counter() - tp
-        ticks.update()
 
 
 # --------------------------------------------------------------------------------------
