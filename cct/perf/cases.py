@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from cct.data.augment import AugmentSpec, recipe_augment
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
-from cct.perf.reference_data import Mixup, make_loader
+from cct.perf.reference_data import Mixup, SampleTransform, make_loader
 from cct.perf.reference_model import reference_model
 from cct.perf.steps import Step, ours_step, reference_step
 
@@ -87,8 +87,11 @@ def model_pair(case: Case, *, img_size: int, quick: bool, device: torch.device):
     return ours.to(device), ref.to(device)
 
 
-def reference_loader(data: Data, *, batch_size: int, num_workers: int) -> DataLoader:
-    """The reference's DataLoader over `data` (pinned memory when the device is a GPU)."""
+def reference_loader(
+    data: Data, *, batch_size: int, num_workers: int, transform: Any = SampleTransform
+) -> DataLoader:
+    """The reference's DataLoader over `data` (pinned memory when the device is a GPU), with
+    reference_data's per-sample transforms unless `transform` names another."""
     return make_loader(
         data.images,
         data.labels,
@@ -98,6 +101,7 @@ def reference_loader(data: Data, *, batch_size: int, num_workers: int) -> DataLo
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=data.device_images.device.type == "cuda",
+        transform=transform,
     )
 
 

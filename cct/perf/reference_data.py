@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,23 +129,13 @@ def make_loader(
     batch_size: int,
     num_workers: int,
     pin_memory: bool,
+    transform: Callable[[AugmentSpec, Sequence[float], Sequence[float]], Any] = SampleTransform,
 ) -> DataLoader:
-    """The DataLoader a typical training script builds, with this module's transforms."""
-    return training_loader(
-        ImageDataset(images, labels, SampleTransform(spec, mean, std)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
-
-
-def training_loader(
-    dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool
-) -> DataLoader:
-    """A training DataLoader as timm and most scripts build it: shuffled, the last partial
-    batch dropped."""
+    """The training DataLoader timm and most scripts build (shuffled, the last partial batch
+    dropped), with this module's per-sample transforms or another's (reference_randaugment's
+    Pillow recipe)."""
     return DataLoader(
-        dataset,
+        ImageDataset(images, labels, transform(spec, mean, std)),
         batch_size=batch_size,
         shuffle=True,
         num_workers=num_workers,

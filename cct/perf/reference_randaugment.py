@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from cct.data.augment import AugmentSpec
 from cct.data.randaugment import RandAugmentPolicy, parse_policy
-from cct.perf.reference_data import ImageDataset, erase, training_loader
+from cct.perf.reference_data import erase
 
 
 def timm_argument(name: str, m: float, sign: float) -> float:
@@ -145,23 +144,3 @@ class PillowRecipeTransform:
         if s.erase_prob > 0 and random.random() < s.erase_prob:
             x = erase(x)
         return x
-
-
-def make_pillow_loader(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    spec: AugmentSpec,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int,
-    num_workers: int,
-    pin_memory: bool,
-) -> DataLoader:
-    """timm's training DataLoader for the recipe: shuffled, last partial batch dropped."""
-    return training_loader(
-        ImageDataset(images, labels, PillowRecipeTransform(spec, mean, std)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )

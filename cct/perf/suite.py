@@ -51,7 +51,7 @@ from cct.perf.cases import (
     reference_training_step,
 )
 from cct.perf.reference_data import Mixup
-from cct.perf.reference_randaugment import make_pillow_loader
+from cct.perf.reference_randaugment import PillowRecipeTransform
 from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
 from cct.perf.steps import Step, ours_data_step, reference_data_step
 from cct.perf.timing import Paired, interleaved, load_average, seconds_per_call
@@ -316,15 +316,8 @@ def recipe_rows(setup: Setup) -> list[dict[str, Any]]:
     print(f"data pipeline, cct300 recipe (RandAugment), batch {batch}", flush=True)
     full = recipe_augment("cct300", setup.img_size)
     data = replace(random_data(setup.sizes.images, setup.img_size, setup.device), augment=full)
-    loader = make_pillow_loader(
-        data.images,
-        data.labels,
-        spec=full,
-        mean=data.mean,
-        std=data.std,
-        batch_size=batch,
-        num_workers=setup.num_workers,
-        pin_memory=setup.device.type == "cuda",
+    loader = reference_loader(
+        data, batch_size=batch, num_workers=setup.num_workers, transform=PillowRecipeTransform
     )
     paired = paired_data_rates(setup, data, loader, batch=batch, label="data/randaugment")
     del loader  # ends its DataLoader workers before the training steps are timed
