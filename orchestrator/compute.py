@@ -23,6 +23,7 @@ CPU_HOURS = "cpu_hours"
 GPU_HOURS = "gpu_hours"
 COST = "cost"
 HOURS_KEYS = (WALL_HOURS, CPU_HOURS, GPU_HOURS)
+HOURS_OF = {"GPU": GPU_HOURS, "CPU": CPU_HOURS}  # a price's unit -> the hours it applies to
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,12 @@ class ComputeClock:
 
 
 def cost(hours: Mapping[str, float], resources: ResourcesSpec) -> float | None:
-    """The price of `hours` at the sweep file's prices; None when it names none."""
-    prices = [
-        (resources.price_per_gpu_hour, GPU_HOURS),
-        (resources.price_per_cpu_hour, CPU_HOURS),
-    ]
-    if all(price is None for price, _ in prices):
+    """The price of `hours` at the sweep file's prices; None when it names none. Hours a
+    trial never logged (None: its workers never started) cost nothing."""
+    prices = resources.prices()
+    if not prices:
         return None
-    return sum(price * hours.get(key, 0.0) for price, key in prices if price is not None)
+    return sum(price * (hours.get(HOURS_OF[unit]) or 0.0) for unit, price in prices.items())
 
 
 def sweep_compute(trials: Iterable[Mapping[str, Any]], resources: ResourcesSpec) -> dict[str, Any]:
@@ -95,13 +94,5 @@ def format_compute(compute: Mapping[str, Any], resources: ResourcesSpec) -> str:
         f" over {compute['trials_counted']} trial(s), restarts included"
     )
     if COST in compute:
-        rates = [
-            f"{price:g} per {unit}-hour"
-            for price, unit in (
-                (resources.price_per_gpu_hour, "GPU"),
-                (resources.price_per_cpu_hour, "CPU"),
-            )
-            if price is not None
-        ]
-        line += f"; cost {compute[COST]:.2f} at {' and '.join(rates)}"
+        line += f"; cost {compute[COST]:.2f} at {' and '.join(resources.price_rates())}"
     return line

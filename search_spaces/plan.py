@@ -79,13 +79,8 @@ def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
         lines.append(f"  time budget    {t.time_budget_s:g} s for the whole sweep")
     if t.max_epochs_without_gain is not None:
         lines.append(f"  early stop     after {t.max_epochs_without_gain} epochs without gain")
-    prices = [
-        f"{price:g} per {unit}-hour"
-        for price, unit in ((r.price_per_gpu_hour, "GPU"), (r.price_per_cpu_hour, "CPU"))
-        if price is not None
-    ]
-    if prices:
-        lines.append(f"  prices         {', '.join(prices)} (the summary's cost)")
+    if r.prices():
+        lines.append(f"  prices         {', '.join(r.price_rates())} (the summary's cost)")
     sm = spec.system_metrics
     if sm.active(r.gpus_per_worker):
         lines.append(f"  system metrics every {sm.interval_s:g} s from every worker")

@@ -94,6 +94,15 @@ class ResourcesSpec:
     price_per_gpu_hour: float | None = field(default=None, metadata=at_least(0))
     price_per_cpu_hour: float | None = field(default=None, metadata=at_least(0))
 
+    def prices(self) -> dict[str, float]:
+        """The prices the file names, by unit: {"GPU": ..., "CPU": ...}, either left out."""
+        named = {"GPU": self.price_per_gpu_hour, "CPU": self.price_per_cpu_hour}
+        return {unit: price for unit, price in named.items() if price is not None}
+
+    def price_rates(self) -> list[str]:
+        """The prices as text, e.g. ["2.5 per GPU-hour"]."""
+        return [f"{price:g} per {unit}-hour" for unit, price in self.prices().items()]
+
 
 @dataclass(frozen=True)
 class TrackingSpec:

@@ -53,6 +53,8 @@ def test_cost_uses_the_prices_given_and_only_those():
     assert cost(hours, ResourcesSpec(price_per_gpu_hour=2.5)) == pytest.approx(5.0)
     both = ResourcesSpec(price_per_gpu_hour=2.5, price_per_cpu_hour=0.1)
     assert cost(hours, both) == pytest.approx(5.8)
+    # a trial row whose run logged no hours (summary rows carry None for them)
+    assert cost({WALL_HOURS: None, CPU_HOURS: None, GPU_HOURS: None}, both) == 0
 
 
 def test_sweep_sums_every_trial_that_logged_hours():

@@ -329,3 +329,16 @@ def test_warm_start_enters_the_hash_only_when_set():
     assert "warm_start" not in spec_module._defining_part(plain)["tune"]
     warm = load_spec("flowers102", ["tune.warm_start=flowers102"])
     assert warm.tune.warm_start == "flowers102" and warm.hash != plain.hash
+
+
+def test_the_plan_names_the_prices_and_a_new_price_keeps_the_hash():
+    plain = load_spec(None)
+    priced = load_spec(
+        None, ("resources.price_per_gpu_hour=2.5", "resources.price_per_cpu_hour=0.1")
+    )
+    assert "  prices  " not in format_plan(plain)
+    assert (
+        "  prices         2.5 per GPU-hour, 0.1 per CPU-hour (the summary's cost)"
+        in format_plan(priced)
+    )
+    assert priced.hash == plain.hash  # prices only turn hours into a cost: resume still works
