@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.conftest import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo")
 MUNGE_KEY = Path("/etc/munge/munge.key")  # the package makes one; we copy it
 
@@ -26,12 +28,6 @@ def missing() -> list[str]:
     if os.geteuid() != 0:
         gone.append("root (slurmd runs jobs as their user)")
     return gone
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_line() -> str:
@@ -54,8 +50,8 @@ def write_conf(root: Path) -> Path:
                 f"SlurmctldHost={host}",
                 "SlurmUser=root",
                 "SlurmdUser=root",
-                f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
+                f"SlurmctldPort={free_port()}",
+                f"SlurmdPort={free_port()}",
                 "AuthType=auth/munge",
                 "CredType=cred/munge",
                 f"AuthInfo=socket={munge_socket}",

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import local_env, small_sweep_yaml, wait_for
+from tests.conftest import free_port, local_env, small_sweep_yaml, wait_for
 from tests.test_cluster import (
     _checkpoints,
     _client,
-    _free_port,
     _trial_runs,
     epochs_before_last_attempt,
     serve_mlflow,
@@ -126,7 +125,7 @@ def _worker_raylets(root: str) -> dict[int, str]:
 @pytest.fixture(scope="module")
 def fake_cluster():
     root = tempfile.mkdtemp(prefix="cct-fake-as-")  # short: Ray's socket paths have a limit
-    port = _free_port()
+    port = free_port()
     config = Path(root) / "autoscaler.yaml"
     config.write_text(json.dumps(_autoscaler_config(f"127.0.0.1:{port}")))
     env = {**local_env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
@@ -141,7 +140,7 @@ def fake_cluster():
         ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--num-cpus=2", "--num-gpus=0", f"--temp-dir={root}/ray",
         f"--autoscaling-config={config}", "--include-dashboard=false", "--disable-usage-stats",
-        *(f"--{flag}={_free_port()}" for flag in (
+        *(f"--{flag}={free_port()}" for flag in (
             "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
             "metrics-export-port",
             "runtime-env-agent-port", "ray-client-server-port")),

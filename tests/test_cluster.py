@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import local_env, small_sweep_yaml, wait_for
+from tests.conftest import free_port, local_env, small_sweep_yaml, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +37,6 @@ SWEEP = small_sweep_yaml(
     "max_concurrent_trials: 2}",
     analysis="{blocks: none}",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -59,7 +52,7 @@ def serve_mlflow(root: Path, store: str = "mlflow.db"):
     """`mlflow server` on loopback with a database backend (`root / store`) and proxied
     artifacts, as the head node of ray_cluster.yaml runs it (there on the private address);
     yields its URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
