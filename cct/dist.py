@@ -42,9 +42,28 @@ def setup(device: str | torch.device = "auto") -> tuple[Rank, torch.device]:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        global _created
+        _created = True
     if dist.is_initialized():
         return Rank(dist.get_rank(), dist.get_world_size(), local_rank), dev
     return Rank(0, 1, 0), dev
+
+
+# True once setup() created the process group (torchrun), not when a scheduler did (Ray Train).
+_created = False
+
+
+def teardown() -> None:
+    """Leave the process group setup() created, together with the other ranks.
+
+    Without it a rank that finishes first exits with the group alive, and gloo's threads can
+    abort that process at interpreter exit ("terminate called without an active exception").
+    """
+    global _created
+    if _created and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _created = False
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

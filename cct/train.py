@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"failed: {e}", file=sys.stderr)
         return 1
+    dist.teardown()
     if rank.is_main:
         print(
             f"done: val {result['val_accuracy']:.4f}  test {result['test_accuracy']:.4f}  "

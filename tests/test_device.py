@@ -56,3 +56,21 @@ def test_dist_setup_uses_a_given_device_as_is(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     rank, dev = dist.setup(torch.device("cpu"))
     assert dev == torch.device("cpu") and rank.world_size == 1
+
+
+def test_dist_teardown_leaves_a_group_it_did_not_create(monkeypatch, tmp_path):
+    # Ray Train creates the group before the training function runs: setup joins it as is,
+    # and teardown (for the group torchrun's ranks create in setup) must not destroy it.
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        rank, _ = dist.setup(torch.device("cpu"))
+        assert rank.world_size == 1  # the existing group's size, not the environment's
+        dist.teardown()
+        assert torch_dist.is_initialized()
+    finally:
+        torch_dist.destroy_process_group()
