@@ -181,9 +181,16 @@ def test_mixup_and_cutmix_both_get_picked():
     ref = normalize(x, MEAN, STD)
     modes = set()
     for seed in range(24):
-        out, _ = run(spec(mixup=0.8, cutmix=1.0), x, y, seed)
+        out, t = run(spec(mixup=0.8, cutmix=1.0), x, y, seed)
         exact = ((out == ref) | (out == ref.flip(0))).all()
         modes.add("cutmix" if exact else "mixup")
+        # the targets' lambda is the picked candidate's (the CPU computes only that one)
+        lam = t[0, 0]  # no smoothing; sample 0's partner is sample 7
+        if exact:
+            kept = ((out == ref) & (out != ref.flip(0))).all(dim=(0, 1)).float().mean()
+            torch.testing.assert_close(lam, kept)
+        else:
+            torch.testing.assert_close(out, lam * ref + (1 - lam) * ref.flip(0))
     assert modes == {"cutmix", "mixup"}
 
 

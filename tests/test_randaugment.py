@@ -107,6 +107,29 @@ def test_masked_and_subset_paths_agree(images):
     assert not torch.equal(masked, x)
 
 
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
+def test_one_axis_warps_equal_the_2d_warp(shape):
+    # The CPU runs the shears and translations as 1-D resamples, x and y ops together on
+    # square images (y ones transposed), and each filter alone when a group has one; CUDA
+    # runs the 2-D warp of Image.transform on all. The two must agree bit for bit.
+    H, W = shape
+    g = torch.Generator().manual_seed(11)
+    ops = ("ShearX", "ShearY", "TranslateXRel", "TranslateYRel", "Rotate")
+    x = torch.randint(0, 256, (40, 3, H, W), generator=g, dtype=torch.uint8)
+    op = torch.arange(40) % len(ops)
+    m = 10 * torch.rand(40, generator=g, dtype=torch.float64)
+    sign = torch.where(torch.rand(40, generator=g) < 0.5, -1.0, 1.0).double()
+    arg = ra.op_arguments(ops, op, m, sign)
+    fill = torch.tensor(FILL, dtype=torch.uint8)
+    for bic in (torch.rand(40, generator=g) < 0.5, torch.ones(40, dtype=torch.bool)):
+        masked = ra.apply_ops(x, op, arg, bic, ops, fill, subset=False)
+        assert torch.equal(masked, ra.apply_ops(x, op, arg, bic, ops, fill, subset=True))
+        for k in range(len(ops)):  # one op at a time: the x-only and y-only forms
+            pick = op == k
+            sub = ra.apply_ops(x[pick], op[pick], arg[pick], bic[pick], ops, fill, subset=True)
+            assert torch.equal(masked[pick], sub), ops[k]
+
+
 def test_op_none_leaves_the_image(images):
     x = images["rgb"]
     op = torch.full((x.shape[0],), -1)

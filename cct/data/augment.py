@@ -171,6 +171,12 @@ def random_erase(
     in_rows = (r >= top[:, None]) & (r < (top + h)[:, None])  # (B, H)
     in_cols = (c >= left[:, None]) & (c < (left + w)[:, None])  # (B, W)
     mask = erase.view(B, 1, 1) & in_rows[:, :, None] & in_cols[:, None, :]  # (B, H, W)
+    if dev.type == "cpu":  # noise for the erased images only: on the CPU a sync costs nothing
+        i = erase.nonzero().squeeze(1)
+        noise = torch.randn((len(i), C, H, W), generator=generator, dtype=x.dtype)
+        out = x.clone()
+        out[i] = torch.where(mask[i].unsqueeze(1), noise, x[i])
+        return out
     noise = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
     return torch.where(mask.unsqueeze(1), noise, x)
 
@@ -233,25 +239,30 @@ def mix_batch(
 ) -> tuple[Tensor, Tensor]:
     """Mix each sample with its partner in the reversed batch (timm's batch mode).
 
-    When both alphas are > 0, cutmix or mixup is picked with probability 0.5. Both candidates
-    are computed and the pick is a torch.where on a device scalar, so there is no host sync.
+    When both alphas are > 0, cutmix or mixup is picked with probability 0.5. On CUDA both
+    candidates are computed and the pick is a torch.where on a device scalar, so there is no
+    host sync; on the CPU, where a sync costs nothing, only the picked one (the same draws).
     """
     B, C, H, W = x.shape
     x_rev, t_rev = x.flip(0), target.flip(0)
-    candidates = []  # (images, lam)
+    candidates = []  # (images, lam), the images computed on demand
     if mixup > 0:
-        lam = sample_beta(mixup, (), generator)
-        candidates.append((lam * x + (1 - lam) * x_rev, lam))
+        lam_mix = sample_beta(mixup, (), generator)
+        candidates.append((lambda: lam_mix * x + (1 - lam_mix) * x_rev, lam_mix))
     if cutmix > 0:
-        box, lam = cutmix_box(sample_beta(cutmix, (), generator), H, W, generator)
-        candidates.append((torch.where(box, x_rev, x), lam))
+        box, lam_cut = cutmix_box(sample_beta(cutmix, (), generator), H, W, generator)
+        candidates.append((lambda: torch.where(box, x_rev, x), lam_cut))
     if len(candidates) == 2:
         use_cut = torch.rand((), generator=generator, device=x.device) < 0.5
-        x = torch.where(use_cut, candidates[1][0], candidates[0][0])
         lam = torch.where(use_cut, candidates[1][1], candidates[0][1])
+        if x.device.type == "cpu":
+            mixed = candidates[int(use_cut)][0]()
+        else:
+            mixed = torch.where(use_cut, candidates[1][0](), candidates[0][0]())
     else:
-        x, lam = candidates[0]
-    return x, lam * target + (1 - lam) * t_rev
+        images, lam = candidates[0]
+        mixed = images()
+    return mixed, lam * target + (1 - lam) * t_rev
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cct.config import ConfigError
@@ -110,8 +109,8 @@ def histogram(x: Tensor) -> Tensor:
     return h.scatter_add_(1, flat, torch.ones_like(flat)).view(B, C, 256)
 
 
-def _levels(x: Tensor) -> Tensor:
-    return torch.arange(256, device=x.device).view(1, 1, 256)
+def _levels(device: torch.device) -> Tensor:
+    return torch.arange(256, device=device).view(1, 1, 256)
 
 
 def autocontrast_lut(hist: Tensor) -> Tensor:
@@ -119,7 +118,7 @@ def autocontrast_lut(hist: Tensor) -> Tensor:
     nz = hist > 0
     lo = nz.int().argmax(-1, keepdim=True)
     hi = 255 - nz.flip(-1).int().argmax(-1, keepdim=True)
-    ident = _levels(hist).expand_as(hist)
+    ident = _levels(hist.device).expand_as(hist)
     # a tensor numerator: torch evaluates `scalar / tensor` as scalar * (1 / tensor), which
     # rounds differently from Pillow's 255.0 / (hi - lo) (235 * (255 / 235) is 254.99...)
     scale = torch.full_like(lo, 255).double() / (hi - lo).clamp_min(1).double()
@@ -131,7 +130,7 @@ def autocontrast_lut(hist: Tensor) -> Tensor:
 def equalize_lut(hist: Tensor) -> Tensor:
     # ImageOps.equalize: step = (N - count of the last used level) // 255,
     # lut[i] = (step // 2 + count below i) // step; identity if step == 0
-    ident = _levels(hist).expand_as(hist)
+    ident = _levels(hist.device).expand_as(hist)
     hi = 255 - (hist > 0).flip(-1).int().argmax(-1, keepdim=True)
     step = (hist.sum(-1, keepdim=True) - hist.gather(-1, hi)) // 255
     below = hist.cumsum(-1) - hist
@@ -139,19 +138,19 @@ def equalize_lut(hist: Tensor) -> Tensor:
     return torch.where(step > 0, lut, ident)
 
 
-def posterize_lut(ref: Tensor, bits: Tensor) -> Tensor:
+def posterize_lut(bits: Tensor) -> Tensor:
     # ImageOps.posterize: keep the top `bits` bits; timm leaves bits >= 8 alone
     unit = 2 ** (8 - bits.clamp(0, 8)).view(-1, 1, 1)
-    return _levels(ref) // unit * unit
+    return _levels(bits.device) // unit * unit
 
 
-def solarize_lut(ref: Tensor, thresh: Tensor) -> Tensor:
-    i = _levels(ref)
+def solarize_lut(thresh: Tensor) -> Tensor:
+    i = _levels(thresh.device)
     return torch.where(i < thresh.view(-1, 1, 1), i, 255 - i)
 
 
-def solarize_add_lut(ref: Tensor, add: Tensor, thresh: int = 128) -> Tensor:
-    i = _levels(ref)
+def solarize_add_lut(add: Tensor, thresh: int = 128) -> Tensor:
+    i = _levels(add.device)
     return torch.where(i < thresh, (i + add.view(-1, 1, 1)).clamp_max(255), i)
 
 
@@ -184,29 +183,30 @@ def blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
 
 def smooth(x: Tensor) -> Tensor:
     """ImageFilter.SMOOTH ([[1,1,1],[1,5,1],[1,1,1]] / 13, rounded); border pixels copied.
-    S / 13 is never a tie, so the integer rounding equals Pillow's float one."""
-    B, C, H, W = x.shape
-    k = torch.ones(1, 1, 3, 3, dtype=torch.float32, device=x.device)
-    k[0, 0, 1, 1] = 5.0
-    s = F.conv2d(x.float().reshape(B * C, 1, H, W), k).view(B, C, H - 2, W - 2)
-    inner = torch.floor((2 * s + 13) / 26)  # exact: S is an integer < 2**24
+    Integer sums (a 3 x 3 box plus 4 x the centre); S / 13 is never a tie, so the integer
+    rounding equals Pillow's float one."""
+    v = x.to(torch.int32)
+    rows = v[..., :-2] + v[..., 1:-1] + v[..., 2:]  # (B, C, H, W - 2)
+    s = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :] + 4 * v[..., 1:-1, 1:-1]
     out = x.clone()
-    out[:, :, 1:-1, 1:-1] = inner.to(torch.uint8)
+    out[..., 1:-1, 1:-1] = torch.div(2 * s + 13, 26, rounding_mode="floor").to(torch.uint8)
     return out
 
 
-def enhance_degenerates(x: Tensor) -> dict[str, Tensor]:
-    """The image each ImageEnhance op blends towards, (B, C, H, W) uint8 (or broadcastable)."""
+def degenerate(name: str, x: Tensor) -> Tensor:
+    """The image ImageEnhance op `name` blends towards, (B, C, H, W) uint8 (or broadcastable)."""
     B, C, H, W = x.shape
+    base = name.removesuffix("Increasing")
+    if base == "Brightness":
+        return torch.zeros_like(x)
+    if base == "Sharpness":
+        return smooth(x)
     gray = grayscale(x)  # (B, 1, H, W)
+    if base == "Color":
+        return gray.expand(B, C, H, W).to(torch.uint8)
     n = H * W
-    mean = (2 * gray.sum((1, 2, 3)) + n) // (2 * n)  # int(mean + 0.5), exactly
-    return {
-        "Color": gray.expand(B, C, H, W).to(torch.uint8),
-        "Contrast": mean.view(B, 1, 1, 1).expand(B, C, H, W).to(torch.uint8),
-        "Brightness": torch.zeros_like(x),
-        "Sharpness": smooth(x),
-    }
+    mean = (2 * gray.sum((1, 2, 3)) + n) // (2 * n)  # Contrast: int(mean + 0.5), exactly
+    return mean.view(B, 1, 1, 1).expand(B, C, H, W).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -222,9 +222,50 @@ def _horner_bicubic(v1: Tensor, v2: Tensor, v3: Tensor, v4: Tensor, d: Tensor) -
     return v2 + d * (p2 + d * (p3 + d * p4))
 
 
-def affine(x: Tensor, matrix: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
+def _lerp(p: Tensor, q: Tensor, t: Tensor) -> Tensor:
+    return p + (q - p) * t  # Pillow's BILINEAR macro
+
+
+Filter = bool | Tensor  # bicubic? for the whole call (static), or per image (B,) bool
+
+
+def _tap_offsets(bicubic: Filter) -> range:
+    # bicubic reads pixels -1..2 around the sample's floor, bilinear 0..1
+    return range(0, 2) if bicubic is False else range(-1, 3)
+
+
+def _gather(x: Tensor, pix: Tensor) -> Tensor:
+    """x (B, C, H, W) uint8, pix (T, B, H, W) int64 pixel indices into each H x W image ->
+    (T, B, H, W, C) float64 taps. Channels last: one index per pixel, not per value, and each
+    tap a contiguous block (strided views make every op slow)."""
+    T, B, H, W = pix.shape
+    C = x.shape[1]
+    pixels = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    images = (torch.arange(B, device=x.device) * (H * W)).view(1, B, 1, 1)
+    return pixels.index_select(0, (pix + images).view(-1)).view(T, B, H, W, C).double()
+
+
+def _filtered(rows: list[Tensor], dx: Tensor, bicubic: Filter) -> Tensor:
+    """One interpolation along an axis: `rows` the taps of _tap_offsets, dx the fraction."""
+    if bicubic is False:
+        return _lerp(rows[0], rows[1], dx)
+    bic = _horner_bicubic(*rows, dx)
+    if bicubic is True:
+        return bic
+    return torch.where(bicubic.view(-1, 1, 1, 1), bic, _lerp(rows[1], rows[2], dx))
+
+
+def _finish(v: Tensor, bicubic: Filter, inside: Tensor, fill: Tensor) -> Tensor:
+    """v (B, H, W, C) float64 samples -> (B, C, H, W) uint8, `fill` where not `inside`."""
+    if bicubic is not False:  # Pillow clips the bicubic sum; a bilinear one cannot leave [0, 255]
+        v = v.clamp(0, 255)
+    out = torch.where(inside.unsqueeze(-1), v.trunc().to(torch.uint8), fill.to(torch.uint8))
+    return out.permute(0, 3, 1, 2)
+
+
+def affine(x: Tensor, matrix: Tensor, bicubic: Filter, fill: Tensor) -> Tensor:
     """x (B, C, H, W) uint8; matrix (B, 6) float64 output->input as Pillow takes it; bicubic
-    (B,) bool (else bilinear); fill (C,) uint8 for samples outside the image."""
+    (else bilinear) for all images or per image; fill (C,) uint8 for samples outside."""
     B, C, H, W = x.shape
     dev = x.device
     ys, xs = torch.meshgrid(
@@ -236,24 +277,37 @@ def affine(x: Tensor, matrix: Tensor, bicubic: Tensor, fill: Tensor) -> Tensor:
     xin, yin = a * xs + b * ys + c, d * xs + e * ys + f  # (B, H, W)
     inside = (xin >= 0) & (xin < W) & (yin >= 0) & (yin < H)
     x0, y0 = torch.floor(xin - 0.5), torch.floor(yin - 0.5)
-    dx, dy = (xin - 0.5 - x0).unsqueeze(1), (yin - 0.5 - y0).unsqueeze(1)  # (B, 1, H, W)
-    # 4 x 4 taps around (y0, x0): offsets -1..2, clamped to the image as Pillow's XCLIP/YCLIP
-    off = torch.arange(-1, 3, device=dev).view(4, 1, 1, 1)
-    cols = (x0.long().unsqueeze(0) + off).clamp(0, W - 1)  # (4, B, H, W)
+    dx, dy = (xin - 0.5 - x0).unsqueeze(-1), (yin - 0.5 - y0).unsqueeze(-1)  # (B, H, W, 1)
+    # taps around (y0, x0), clamped to the image as Pillow's XCLIP/YCLIP
+    span = _tap_offsets(bicubic)
+    off = torch.arange(span.start, span.stop, device=dev).view(-1, 1, 1, 1)  # no host copy
+    T = len(off)
+    cols = (x0.long().unsqueeze(0) + off).clamp(0, W - 1)  # (T, B, H, W)
     rows = (y0.long().unsqueeze(0) + off).clamp(0, H - 1)
-    base = (torch.arange(B * C, device=dev) * (H * W)).view(1, 1, B, C, 1)
-    pix = (rows.unsqueeze(1) * W + cols.unsqueeze(0)).view(4, 4, B, 1, H * W)
-    # taps[r][c]: (B, C, H, W), each a contiguous block (strided views make every op slow)
-    taps = x.reshape(-1)[(pix + base).view(16, -1)].view(4, 4, B, C, H, W).double()
+    # taps[c][r]: column offset first, so the pass along x runs on all rows at once
+    pix = (rows.unsqueeze(0) * W + cols.unsqueeze(1)).view(T * T, B, H, W)
+    taps = _gather(x, pix).view(T, T, B, H, W, C)
+    along_x = _filtered(list(taps), dx, bicubic)  # (T, B, H, W, C): one value per row
+    return _finish(_filtered(list(along_x), dy, bicubic), bicubic, inside, fill)
 
-    def lerp(p: Tensor, q: Tensor, t: Tensor) -> Tensor:
-        return p + (q - p) * t  # Pillow's BILINEAR macro
 
-    bil = lerp(lerp(taps[1, 1], taps[1, 2], dx), lerp(taps[2, 1], taps[2, 2], dx), dy)
-    rows4 = [_horner_bicubic(*taps[r], dx) for r in range(4)]
-    bic = _horner_bicubic(*rows4, dy).clamp(0, 255)
-    out = torch.where(bicubic.view(B, 1, 1, 1), bic, bil).trunc().to(torch.uint8)
-    return torch.where(inside.unsqueeze(1), out, fill.view(1, C, 1, 1).to(torch.uint8))
+def shift_rows(x: Tensor, a: Tensor, b: Tensor, c: Tensor, bicubic: Filter, fill: Tensor) -> Tensor:
+    """`affine` for the matrices (a, b, c, 0, 1, 0) of ShearX and TranslateX: each output row
+    samples its own input row (dy = 0), so Pillow's 2-D filter is, exactly, a 1-D one along the
+    row: 4 or 2 taps instead of 16 or 4. ShearY and TranslateY take it on transposed images."""
+    B, C, H, W = x.shape
+    dev = x.device
+    xs = torch.arange(W, device=dev, dtype=torch.float64).view(1, 1, W) + 0.5
+    ys = torch.arange(H, device=dev, dtype=torch.float64).view(1, H, 1) + 0.5
+    xin = a.view(B, 1, 1) * xs + b.view(B, 1, 1) * ys + c.view(B, 1, 1)  # (B, H, W)
+    inside = (xin >= 0) & (xin < W)
+    x0 = torch.floor(xin - 0.5)
+    dx = (xin - 0.5 - x0).unsqueeze(-1)  # (B, H, W, 1)
+    span = _tap_offsets(bicubic)
+    off = torch.arange(span.start, span.stop, device=dev).view(-1, 1, 1, 1)  # no host copy
+    row_start = (torch.arange(H, device=dev) * W).view(1, 1, H, 1)
+    pix = (x0.long().unsqueeze(0) + off).clamp(0, W - 1) + row_start  # (T, B, H, W)
+    return _finish(_filtered(list(_gather(x, pix)), dx, bicubic), bicubic, inside, fill)
 
 
 def rotate_matrix(degrees: Tensor, H: int, W: int) -> Tensor:
@@ -279,45 +333,73 @@ def op_kind(name: str) -> OpKind:
     return "lut"
 
 
-def op_argument(name: str, m: Tensor, sign: Tensor) -> Tensor:
-    """timm's level -> argument map for op `name`, on (B,) float64 magnitudes and signs +-1."""
+# timm's _LEVEL_TO_ARG, as one formula over u = magnitude / 10 with a row of coefficients per
+# op: v = u * scale, times the sign if signed, floored if integral, capped; then
+# offset + direction * v, at least `least`. Every op's argument is then a few tensor ops on
+# the whole batch, in the same floating-point order as timm's per-op expressions.
+_INF = math.inf
+_ARGUMENT = {  # name: (scale, signed, floored, cap, offset, direction, least)
+    "Rotate": (30.0, 1, 0, _INF, 0.0, 1.0, -_INF),
+    "Posterize": (4.0, 0, 1, _INF, 0.0, 1.0, -_INF),
+    "PosterizeIncreasing": (4.0, 0, 1, _INF, 4.0, -1.0, -_INF),
+    "Solarize": (256.0, 0, 1, 256.0, 0.0, 1.0, -_INF),
+    "SolarizeIncreasing": (256.0, 0, 1, 256.0, 256.0, -1.0, -_INF),
+    "SolarizeAdd": (110.0, 0, 1, 128.0, 0.0, 1.0, -_INF),
+    "ShearX": (0.3, 1, 0, _INF, 0.0, 1.0, -_INF),
+    "ShearY": (0.3, 1, 0, _INF, 0.0, 1.0, -_INF),
+    "TranslateXRel": (0.45, 1, 0, _INF, 0.0, 1.0, -_INF),
+    "TranslateYRel": (0.45, 1, 0, _INF, 0.0, 1.0, -_INF),
+}
+for _name in ("Color", "Contrast", "Brightness", "Sharpness"):
+    _ARGUMENT[_name] = (1.8, 0, 0, _INF, 0.1, 1.0, -_INF)  # factor 0.1 + 1.8 u
+    _ARGUMENT[_name + "Increasing"] = (0.9, 1, 0, _INF, 1.0, 1.0, 0.1)  # 1 -+ 0.9 u, >= 0.1
+for _name in ("AutoContrast", "Equalize", "Invert"):
+    _ARGUMENT[_name] = (0.0, 0, 0, _INF, 0.0, 1.0, -_INF)  # no argument
+
+_COEFFICIENTS: dict[tuple, Tensor] = {}
+
+
+def op_arguments(ops: tuple[str, ...], op: Tensor, m: Tensor, sign: Tensor) -> Tensor:
+    """timm's level -> argument map: image i's argument of op ops[op[i]] (any value where
+    op[i] == -1), on (B,) float64 magnitudes and signs +-1."""
+    key = (ops, str(m.device))
+    if key not in _COEFFICIENTS:  # cached: no host -> device copy per batch
+        rows = [_ARGUMENT[name] for name in ops]
+        _COEFFICIENTS[key] = torch.tensor(rows, dtype=torch.float64, device=m.device)
+    scale, signed, floored, cap, offset, direction, least = _COEFFICIENTS[key][
+        op.clamp_min(0)
+    ].unbind(1)
     u = m / torch.full_like(m, LEVEL_DENOM)  # true division (CUDA multiplies by 1 / scalar)
-    table = {
-        "Rotate": lambda: u * 30.0 * sign,
-        "Posterize": lambda: torch.floor(u * 4),
-        "PosterizeIncreasing": lambda: 4 - torch.floor(u * 4),
-        "Solarize": lambda: torch.floor(u * 256).clamp_max(256),
-        "SolarizeIncreasing": lambda: 256 - torch.floor(u * 256).clamp_max(256),
-        "SolarizeAdd": lambda: torch.floor(u * 110).clamp_max(128),
-        "ShearX": lambda: u * 0.3 * sign,
-        "ShearY": lambda: u * 0.3 * sign,
-        "TranslateXRel": lambda: u * 0.45 * sign,
-        "TranslateYRel": lambda: u * 0.45 * sign,
-    }
-    if name in table:
-        return table[name]()
-    if name.endswith("Increasing"):  # enhance ops: factor 1 -+ 0.9 u, at least 0.1
-        return (1.0 + sign * u * 0.9).clamp_min(0.1)
-    if op_kind(name) == "enhance":
-        return u * 1.8 + 0.1
-    return torch.zeros_like(m)  # AutoContrast, Equalize, Invert take no argument
+    v = u * scale
+    v = torch.where(signed > 0, v * sign, v)
+    v = torch.where(floored > 0, torch.floor(v), v)
+    return torch.maximum(offset + direction * torch.minimum(v, cap), least)
 
 
-def op_lut(name: str, x: Tensor, hist: Tensor, arg: Tensor) -> Tensor:
+def op_argument(name: str, m: Tensor, sign: Tensor) -> Tensor:
+    """op_arguments for one op on every image."""
+    return op_arguments((name,), torch.zeros_like(m, dtype=torch.long), m, sign)
+
+
+def op_lut(name: str, shape: tuple[int, int], hist: Tensor | None, arg: Tensor) -> Tensor:
+    """(B, C, 256) tables of LUT op `name` for images of `shape` (B, C); the histogram-based
+    ops (AutoContrast, Equalize) read `hist`, the others their (B,) argument."""
     base = name.removesuffix("Increasing")
     if base == "AutoContrast":
         return autocontrast_lut(hist)
     if base == "Equalize":
         return equalize_lut(hist)
     if base == "Invert":
-        return (255 - _levels(hist)).expand_as(hist)
-    if base == "Posterize":
-        return posterize_lut(hist, arg.long()).expand_as(hist)
-    if base == "Solarize":
-        return solarize_lut(hist, arg.long()).expand_as(hist)
-    if base == "SolarizeAdd":
-        return solarize_add_lut(hist, arg.long()).expand_as(hist)
-    raise ValueError(f"{name} is not a LUT op")
+        table = 255 - _levels(arg.device)
+    elif base == "Posterize":
+        table = posterize_lut(arg.long())
+    elif base == "Solarize":
+        table = solarize_lut(arg.long())
+    elif base == "SolarizeAdd":
+        table = solarize_add_lut(arg.long())
+    else:
+        raise ValueError(f"{name} is not a LUT op")
+    return table.expand(*shape, 256)
 
 
 def op_matrix(name: str, arg: Tensor, H: int, W: int) -> Tensor:
@@ -334,19 +416,78 @@ def op_matrix(name: str, arg: Tensor, H: int, W: int) -> Tensor:
     return torch.stack(rows[name], 1)
 
 
-def _take(t: Tensor, i: Tensor | None) -> Tensor:
-    return t if i is None else t[i]
+# The geometric ops in their cheapest exact form: the shears and translations along x resample
+# each row on its own (shift_rows), those along y each column, the rotation in 2-D (affine).
+ROW_OPS = ("ShearX", "TranslateXRel")
+COLUMN_OPS = ("ShearY", "TranslateYRel")
 
 
-def _over_images(sel: Tensor, fn, out: Tensor, subset: bool) -> Tensor:
-    """`out` with fn(i)'s images over the ones `sel` picks. Masked (the default on CUDA), fn
-    runs on the whole batch (i None) and a mask picks: no host sync. As a subset (the default
-    on the CPU, where a sync costs nothing), fn runs only on the picked images (index i):
-    the same result for a fraction of the work."""
-    if not subset:
-        return torch.where(sel.view(-1, 1, 1, 1), fn(None), out)
-    i = sel.nonzero().squeeze(1)
-    return out.index_copy(0, i, fn(i))
+def lut_ops(x: Tensor, op: Tensor, arg: Tensor, ops: tuple[str, ...], ks: list[int]) -> Tensor:
+    """x with each image's LUT op among ops[k] for k in ks (others unchanged): one gather."""
+    B, C = x.shape[:2]
+    needs_hist = any(ops[k] in ("AutoContrast", "Equalize") for k in ks)
+    hist = histogram(x) if needs_hist else None
+    lut = _levels(x.device).expand(B, C, 256)
+    for k in ks:
+        lut = torch.where((op == k).view(B, 1, 1), op_lut(ops[k], (B, C), hist, arg), lut)
+    return apply_lut(x, lut)
+
+
+def enhance_ops(x: Tensor, op: Tensor, arg: Tensor, ops: tuple[str, ...], ks: list[int]) -> Tensor:
+    """x with each image's ImageEnhance op among ops[k] for k in ks: one blend (factor 1, the
+    others, gives back the image exactly)."""
+    B = x.shape[0]
+    target, factor = x, torch.ones_like(arg)
+    for k in ks:
+        pick = op == k
+        target = torch.where(pick.view(B, 1, 1, 1), degenerate(ops[k], x), target)
+        factor = torch.where(pick, arg, factor)
+    return blend(target, x, factor)
+
+
+def warp_ops(
+    x: Tensor,
+    op: Tensor,
+    arg: Tensor,
+    bicubic: Filter,
+    ops: tuple[str, ...],
+    ks: list[int],
+    fill: Tensor,
+) -> Tensor:
+    """x with each image's geometric op among ops[k] for k in ks (others unchanged)."""
+    B, C, H, W = x.shape
+    names = {ops[k] for k in ks}
+    one, zero = torch.ones_like(arg), torch.zeros_like(arg)
+    rows_only, columns_only = names <= set(ROW_OPS), names <= set(COLUMN_OPS)
+    if rows_only or columns_only or (names <= set(ROW_OPS + COLUMN_OPS) and H == W):
+        # one shift_rows for all: a y op is an x op on the transposed image, (a, b, c) = (e, d, f)
+        shear, move, along_y = zero, zero, torch.zeros_like(op, dtype=torch.bool)
+        for k in ks:
+            pick = op == k
+            if ops[k].startswith("Shear"):
+                shear = torch.where(pick, arg, shear)
+            else:
+                move = torch.where(pick, arg * (W if ops[k] in ROW_OPS else H), move)
+            if ops[k] in COLUMN_OPS:
+                along_y = along_y | pick
+        if rows_only:
+            return shift_rows(x, one, shear, move, bicubic, fill)
+        if columns_only:
+            return shift_rows(x.transpose(2, 3), one, shear, move, bicubic, fill).transpose(2, 3)
+        flip = along_y.view(B, 1, 1, 1)
+        out = shift_rows(torch.where(flip, x.transpose(2, 3), x), one, shear, move, bicubic, fill)
+        return torch.where(flip, out.transpose(2, 3), out)
+    matrix = torch.stack([one, zero, zero, zero, one, zero], 1)
+    for k in ks:
+        matrix = torch.where((op == k).view(B, 1), op_matrix(ops[k], arg, H, W), matrix)
+    return affine(x, matrix, bicubic, fill)
+
+
+def _family(name: str) -> str:
+    # on the CPU each family runs on its own images: the shears and translations together
+    if name in ROW_OPS or name in COLUMN_OPS:
+        return "axis"
+    return op_kind(name)
 
 
 def apply_ops(
@@ -361,50 +502,62 @@ def apply_ops(
 ) -> Tensor:
     """One layer: image i gets ops[op[i]] with argument arg[i]; op[i] == -1 leaves it alone.
 
-    The ops fall in three kinds, each computed once for the whole batch with per-image
-    parameters: one LUT gather, one blend, one affine warp; a mask picks each image's.
+    On CUDA (masked) nothing is read back: each kind of op is computed once for the whole
+    batch with per-image parameters (one LUT gather, one blend, one 2-D warp) and a mask picks
+    each image's. On the CPU (subset, the default there) the ops are read to the host once (a
+    sync costs nothing there) and each family of ops runs only on its own images: LUT,
+    enhance, the shears and translations (1-D), rotation (2-D). tests/test_randaugment.py
+    checks that the two agree.
     """
-    B, C, H, W = x.shape
+    B = x.shape[0]
     subset = x.device.type == "cpu" if subset is None else subset
-    kinds = {op_kind(name) for name in ops}  # static: a policy without a kind skips its work
-    sel = {k: torch.zeros(B, dtype=torch.bool, device=x.device) for k in kinds}
-    out = x
-    if "lut" in kinds:
-        hist = histogram(x)
-        lut = _levels(hist).expand_as(hist)
-        for k, name in enumerate(ops):
-            if op_kind(name) == "lut":
-                lut = torch.where((op == k).view(B, 1, 1), op_lut(name, x, hist, arg), lut)
-                sel["lut"] = sel["lut"] | (op == k)
-        out = apply_lut(x, lut)  # identity table for the images without a LUT op
-    if "enhance" in kinds:
-        is_enh = [k for k, name in enumerate(ops) if op_kind(name) == "enhance"]
-        sel["enhance"] = torch.isin(op, torch.tensor(is_enh, device=x.device))
-
-        def enhance(i: Tensor | None) -> Tensor:
-            xs, ops_i, arg_i = _take(x, i), _take(op, i), _take(arg, i)
-            degenerates, degenerate = enhance_degenerates(xs), xs
-            for k in is_enh:
-                pick = (ops_i == k).view(-1, 1, 1, 1)
-                degenerate = torch.where(
-                    pick, degenerates[ops[k].removesuffix("Increasing")], degenerate
-                )
-            return blend(degenerate, xs, arg_i)
-
-        out = _over_images(sel["enhance"], enhance, out, subset)
-    if "affine" in kinds:
-        matrix = torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64, device=x.device)
-        matrix = matrix.expand(B, 6)
-        for k, name in enumerate(ops):
-            if op_kind(name) == "affine":
-                matrix = torch.where((op == k).view(B, 1), op_matrix(name, arg, H, W), matrix)
-                sel["affine"] = sel["affine"] | (op == k)
-
-        def warp(i: Tensor | None) -> Tensor:
-            return affine(_take(x, i), _take(matrix, i), _take(bicubic, i), fill)
-
-        out = _over_images(sel["affine"], warp, out, subset)
+    families: dict[str, list[int]] = {}
+    for k, name in enumerate(ops):
+        fam = op_kind(name) if not subset else _family(name)
+        families.setdefault(fam, []).append(k)
+    if not subset:
+        out = x
+        for kind, ks in families.items():
+            picked = op == ks[0]  # compared with Python ints: no host -> device copy
+            for k in ks[1:]:
+                picked = picked | (op == k)
+            picked = picked.view(B, 1, 1, 1)
+            out = torch.where(picked, _kind_result(kind, x, op, arg, bicubic, ops, ks, fill), out)
+        return out
+    picks: dict[str, list[int]] = {}
+    present: dict[str, set[int]] = {}
+    for i, k in enumerate(op.tolist()):
+        if k >= 0:
+            fam = _family(ops[k])
+            picks.setdefault(fam, []).append(i)
+            present.setdefault(fam, set()).add(k)
+    out = x.clone()
+    for fam, images in picks.items():
+        i = torch.tensor(images, device=x.device)
+        ks = sorted(present[fam])
+        bic: Filter = bicubic[i]
+        if fam not in ("lut", "enhance"):
+            first = bool(bic[0])
+            bic = first if bool((bic == first).all()) else bic  # one filter: no unused taps
+        out[i] = _kind_result(fam, x[i], op[i], arg[i], bic, ops, ks, fill)
     return out
+
+
+def _kind_result(
+    family: str,
+    x: Tensor,
+    op: Tensor,
+    arg: Tensor,
+    bicubic: Filter,
+    ops: tuple[str, ...],
+    ks: list[int],
+    fill: Tensor,
+) -> Tensor:
+    if family == "lut":
+        return lut_ops(x, op, arg, ops, ks)
+    if family == "enhance":
+        return enhance_ops(x, op, arg, ops, ks)
+    return warp_ops(x, op, arg, bicubic, ops, ks, fill)
 
 
 def sample_layer(
@@ -437,8 +590,6 @@ def rand_augment(
     """
     for _ in range(policy.num_ops):
         op, m, sign, bicubic = sample_layer(policy, x.shape[0], generator)
-        arg = torch.zeros_like(m)
-        for k, name in enumerate(policy.ops):
-            arg = torch.where(op == k, op_argument(name, m, sign), arg)
+        arg = op_arguments(policy.ops, op, m, sign)
         x = apply_ops(x, op, arg, bicubic, policy.ops, fill)
     return x

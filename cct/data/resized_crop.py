@@ -43,10 +43,11 @@ def sample_boxes(
     top = (u[2].gather(1, first).squeeze(1) * (H - h + 1)).floor()
     left = (u[3].gather(1, first).squeeze(1) * (W - w + 1)).floor()
     # none fits: the central crop at the nearest allowed aspect ratio
-    hw = _fallback(H, W, ratio)
-    fb = torch.tensor([(H - hw[0]) // 2, (W - hw[1]) // 2, *hw], device=dev, dtype=torch.float64)
-    box = torch.stack([top, left, h, w], 1)
-    return torch.where(fits.any(1, keepdim=True), box, fb).long()
+    fh, fw = _fallback(H, W, ratio)
+    fallback = ((H - fh) // 2, (W - fw) // 2, fh, fw)
+    ok = fits.any(1)  # Python scalars for the fallback: no host -> device copy per batch
+    box = [torch.where(ok, v, float(f)) for v, f in zip((top, left, h, w), fallback, strict=True)]
+    return torch.stack(box, 1).long()
 
 
 def _fallback(H: int, W: int, ratio: tuple[float, float]) -> tuple[int, int]:
@@ -71,29 +72,40 @@ def _bicubic(x: Tensor) -> Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
+TAPS = 4  # an upsampling window: bicubic (support 2) reads 4 input pixels, bilinear 2
+
+
 def resample_weights(start: Tensor, length: Tensor, size: int, out: int, bicubic: Tensor) -> Tensor:
     """(B, out, size) float64 fixed-point weights mapping a crop [start, start + length) of an
-    axis of `size` pixels to `out` pixels (Pillow's precompute_coeffs, then x 2**22, rounded)."""
+    axis of `size` pixels to `out` pixels (Pillow's precompute_coeffs, then x 2**22, rounded).
+    A crop is never larger than the image, so this only upsamples: filterscale 1, and each
+    output pixel's window is computed as its 4 taps, then placed in the dense matrix."""
     dev = start.device
-    scale = (length.double() / out).view(-1, 1, 1)  # upsampling or identity: filterscale 1
+    scale = (length.double() / out).view(-1, 1, 1)
     center = (torch.arange(out, device=dev, dtype=torch.float64).view(1, -1, 1) + 0.5) * scale
-    j = torch.arange(size, device=dev).view(1, 1, -1) - start.view(-1, 1, 1)  # crop coords
-    inside = (j >= 0) & (j < length.view(-1, 1, 1))
-    t = j.double() - center + 0.5
     support = torch.where(bicubic, 2.0, 1.0).view(-1, 1, 1)
-    lo = torch.floor(center - support + 0.5).clamp_min(0)
-    hi = torch.floor(center + support + 0.5)
-    inside = inside & (j >= lo) & (j < hi)
+    lo = torch.floor(center - support + 0.5).clamp_min(0)  # (B, out, 1), crop coordinates
+    hi = torch.minimum(torch.floor(center + support + 0.5), length.view(-1, 1, 1).double())
+    j = lo + torch.arange(TAPS, device=dev, dtype=torch.float64)  # (B, out, TAPS)
+    t = j - center + 0.5
     k = torch.where(bicubic.view(-1, 1, 1), _bicubic(t), _bilinear(t))
-    k = torch.where(inside, k, torch.zeros_like(k))
-    k = k / k.sum(-1, keepdim=True)
-    return torch.where(
+    k = torch.where(j < hi, k, torch.zeros_like(k))
+    total = k[..., 0:1]
+    for i in range(1, TAPS):  # summed in Pillow's order
+        total = total + k[..., i : i + 1]
+    k = k / total
+    k = torch.where(
         k >= 0, (k * 2**PRECISION_BITS + 0.5).trunc(), (k * 2**PRECISION_BITS - 0.5).trunc()
     )
+    cols = (j.long() + start.view(-1, 1, 1)).clamp_max(size - 1)  # a clipped tap weighs 0
+    dense = torch.zeros(k.shape[0], out, size, dtype=torch.float64, device=dev)
+    return dense.scatter_add_(2, cols, k)
 
 
 def _fixed_point(acc: Tensor) -> Tensor:
-    return torch.floor((acc + 2 ** (PRECISION_BITS - 1)) / 2**PRECISION_BITS).clamp(0, 255)
+    # (acc + 2**21) >> 22, clipped: a power of two scales exactly, and in place, since on the
+    # CPU a fresh batch-sized buffer per step is page faults
+    return acc.add_(2 ** (PRECISION_BITS - 1)).mul_(2.0**-PRECISION_BITS).floor_().clamp_(0, 255)
 
 
 def resized_crop(x: Tensor, boxes: Tensor, bicubic: Tensor) -> Tensor:
@@ -101,12 +113,17 @@ def resized_crop(x: Tensor, boxes: Tensor, bicubic: Tensor) -> Tensor:
     each box resized to (H, W) as Pillow's crop(...).resize(...) does it, uint8."""
     B, C, H, W = x.shape
     top, left, h, w = boxes.unbind(1)
-    kx = resample_weights(left, w, W, W, bicubic)  # (B, W_out, W_in)
-    ky = resample_weights(top, h, H, H, bicubic)  # (B, H_out, H_in)
-    # (B, C, H, W) @ (B, 1, W_in, W_out) -> (B, C, H, W_out): the horizontal pass, rounded
-    xh = _fixed_point(torch.matmul(x.double(), kx.transpose(1, 2).unsqueeze(1)))
-    # (B, 1, H_out, H_in) @ (B, C, H_in, W) -> the vertical pass
-    return _fixed_point(torch.matmul(ky.unsqueeze(1), xh)).to(torch.uint8)
+    if H == W:  # both axes' weights in one call
+        k = resample_weights(torch.cat([left, top]), torch.cat([w, h]), W, W, bicubic.repeat(2))
+        kx, ky = k[:B], k[B:]  # (B, W_out, W_in), (B, H_out, H_in)
+    else:
+        kx = resample_weights(left, w, W, W, bicubic)
+        ky = resample_weights(top, h, H, H, bicubic)
+    # rows laid out (B, H, C, W): both passes are then one batched product per image
+    rows = x.permute(0, 2, 1, 3).reshape(B, H * C, W).double()
+    xh = _fixed_point(torch.bmm(rows, kx.transpose(1, 2)))  # the horizontal pass, rounded
+    out = _fixed_point(torch.bmm(ky, xh.view(B, H, C * W)))  # then the vertical one
+    return out.view(B, H, C, W).permute(0, 2, 1, 3).to(torch.uint8).contiguous()
 
 
 def random_resized_crop(

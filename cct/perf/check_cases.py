@@ -44,6 +44,9 @@ MFU_TARGET = 0.35
 CIFAR_300_MINUTES_TARGET = 8.0
 LSMHA_RATIO_TARGET = 1.3  # 32 heads x 8 against 4 heads x 64, step time
 SHARING_TARGET = 1.5  # summed samples/s of 4 processes against 1
+# samples/s the input pipeline must feed one GPU training a CCT-7 (research estimate for an
+# A100: 5-11 k images/s); the recipe's augmentation alone should exceed the upper end
+AUGMENT_TARGET = 11_000
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,37 @@ def train(gpu: Gpu, sizes: CheckSizes) -> dict[str, Any]:
         "peak_tflops": peak,
         "cifar100_300_epochs_minutes": minutes,
         "precision": "bf16" if gpu.device.type == "cuda" else "fp32",
+    }
+
+
+def augment(gpu: Gpu, sizes: CheckSizes) -> dict[str, Any]:
+    """The cct300 recipe's augmentation alone (RandomResizedCrop, flip, per-image RandAugment,
+    erasing, mixup/cutmix) on the device, as training draws it: samples/s at 4x the batch."""
+    data = synthetic(sizes, gpu.device)
+    aug = DeviceAugment(RECIPE_AUGMENT, sizes.classes, [0.5] * 3, [0.25] * 3)
+    gen = torch.Generator(device=data.train_x.device).manual_seed(0)
+    n, batch = len(data.train_y), 4 * sizes.batch
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, n, (batch,), generator=gen, device=data.train_x.device)
+        return aug(data.train_x[idx], data.train_y[idx], gen)
+
+    for _ in range(sizes.warmup):
+        step()
+    seconds, out = timed(step, sizes.timed_steps, gpu)
+    x, target = out[-1]
+    ok = bool(torch.isfinite(x).all()) and bool(
+        torch.allclose(target.sum(1), torch.ones(batch, device=target.device))
+    )
+    rate = batch / seconds
+    return {
+        "ok": ok,
+        "summary": f"cct300 augmentation {rate:,.0f} samples/s at batch {batch}"
+        f" (target {AUGMENT_TARGET:,}: {met(rate >= AUGMENT_TARGET)})",
+        "samples_per_s": rate,
+        "batch_ms": 1e3 * seconds,
+        "batch": batch,
+        "target_samples_per_s": AUGMENT_TARGET,
     }
 
 
@@ -429,6 +463,7 @@ def checkpoint(gpu: Gpu, sizes: CheckSizes) -> dict[str, Any]:
 
 CASES: dict[str, Callable[[Gpu, CheckSizes], dict[str, Any]]] = {
     "train_bf16": train,
+    "augment": augment,
     "fused_adamw": fused_adamw,
     "nccl": collectives,
     "attention": attention,
@@ -440,6 +475,7 @@ CASES: dict[str, Callable[[Gpu, CheckSizes], dict[str, Any]]] = {
 # Seconds each case may take on a GPU before it is stopped (the whole check: 5 minutes).
 CAPS_S = {
     "train_bf16": 60,
+    "augment": 30,
     "fused_adamw": 20,
     "nccl": 30,
     "attention": 60,
