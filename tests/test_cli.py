@@ -12,6 +12,7 @@ COMMANDS = {
     "cct.train": [],
     "cct.bench": ["--variant", "cct_2_3x2_32"],
     "cct.data.__main__": ["digits"],
+    "cct.data.preview": ["--out", "x.png"],
     "cct.perf.suite": [],
     "orchestrator.sweep": [],
     "orchestrator.overhead": ["--out", "bench"],

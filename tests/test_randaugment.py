@@ -10,6 +10,7 @@ one sample across a truncation boundary: at most 1 grey level, in under 0.1 % of
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from pathlib import Path
 
@@ -272,3 +273,21 @@ def test_recipe_schedule_warms_up_from_warmup_lr_and_cools_down():
     assert all(a < b for a, b in zip(lrs[: 10 * spe], lrs[1 : 10 * spe + 1]))
     assert lrs[300 * spe - 1] == pytest.approx(1e-5, rel=1e-3)
     assert all(v == pytest.approx(1e-5) for v in lrs[300 * spe :])  # the cooldown
+
+
+def test_preview_draws_the_uint8_stage_and_the_model_input(tmp_path, images):
+    from cct.data import preview
+
+    x = images["rgb"].repeat(2, 1, 1, 1)
+    y = torch.arange(x.shape[0])
+    aug = DeviceAugment(recipe_augment("cct300", 32), 10, (0.5,) * 3, (0.25,) * 3)
+    stored, mid, out = preview.augmented_rows(x, y, aug, seed=4)
+    assert torch.equal(stored, x) and not torch.equal(mid, x)
+    # the middle row is exactly the recipe's uint8 stage: the full call without erase and mix
+    plain = dataclasses.replace(aug.spec, erase_prob=0.0, mixup=0.0, cutmix=0.0)
+    alone, _ = DeviceAugment(plain, 10, aug.mean, aug.std)(x, y, torch.Generator().manual_seed(4))
+    assert torch.equal(mid, ((alone * 0.25 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8))
+    assert not torch.equal(out, mid)  # mixing touched the model's input
+    png = tmp_path / "batch.png"
+    assert preview.main(["--out", str(png), "--images", "4"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
