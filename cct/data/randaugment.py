@@ -511,13 +511,12 @@ def apply_ops(
     """
     B = x.shape[0]
     subset = x.device.type == "cpu" if subset is None else subset
-    families: dict[str, list[int]] = {}
-    for k, name in enumerate(ops):
-        fam = op_kind(name) if not subset else _family(name)
-        families.setdefault(fam, []).append(k)
     if not subset:
+        kinds: dict[str, list[int]] = {}
+        for k, name in enumerate(ops):
+            kinds.setdefault(op_kind(name), []).append(k)
         out = x
-        for kind, ks in families.items():
+        for kind, ks in kinds.items():
             picked = op == ks[0]  # compared with Python ints: no host -> device copy
             for k in ks[1:]:
                 picked = picked | (op == k)
@@ -526,20 +525,19 @@ def apply_ops(
         return out
     picks: dict[str, list[int]] = {}
     present: dict[str, set[int]] = {}
-    for i, k in enumerate(op.tolist()):
+    filters: dict[str, set[bool]] = {}
+    for i, (k, bic) in enumerate(zip(op.tolist(), bicubic.tolist(), strict=True)):
         if k >= 0:
             fam = _family(ops[k])
             picks.setdefault(fam, []).append(i)
             present.setdefault(fam, set()).add(k)
+            filters.setdefault(fam, set()).add(bic)
     out = x.clone()
     for fam, images in picks.items():
         i = torch.tensor(images, device=x.device)
-        ks = sorted(present[fam])
-        bic: Filter = bicubic[i]
-        if fam not in ("lut", "enhance"):
-            first = bool(bic[0])
-            bic = first if bool((bic == first).all()) else bic  # one filter: no unused taps
-        out[i] = _kind_result(fam, x[i], op[i], arg[i], bic, ops, ks, fill)
+        one_filter = len(filters[fam]) == 1 and fam not in ("lut", "enhance")
+        bic: Filter = next(iter(filters[fam])) if one_filter else bicubic[i]  # no unused taps
+        out[i] = _kind_result(fam, x[i], op[i], arg[i], bic, ops, sorted(present[fam]), fill)
     return out
 
 

@@ -114,15 +114,21 @@ def trainer_for(model: torch.nn.Module, gpu: Gpu, sizes: CheckSizes, **kw: Any) 
     )
 
 
-def step_fn(trainer: Trainer, data, batch: int) -> Callable[[], torch.Tensor]:
-    gen = torch.Generator(device=data.train_x.device).manual_seed(1)
+def batch_draw(data, batch: int, seed: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Random training batches (images, labels) drawn on the device, as the engine draws them."""
+    gen = torch.Generator(device=data.train_x.device).manual_seed(seed)
     n = len(data.train_y)
 
-    def step() -> torch.Tensor:
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, n, (batch,), generator=gen, device=data.train_x.device)
-        return trainer.train_step(data.train_x[idx], data.train_y[idx])
+        return data.train_x[idx], data.train_y[idx]
 
-    return step
+    return draw
+
+
+def step_fn(trainer: Trainer, data, batch: int) -> Callable[[], torch.Tensor]:
+    draw = batch_draw(data, batch, seed=1)
+    return lambda: trainer.train_step(*draw())
 
 
 def timed(step: Callable[[], Any], steps: int, gpu: Gpu) -> tuple[float, list[Any]]:
@@ -198,12 +204,12 @@ def augment(gpu: Gpu, sizes: CheckSizes) -> dict[str, Any]:
     erasing, mixup/cutmix) on the device, as training draws it: samples/s at 4x the batch."""
     data = synthetic(sizes, gpu.device)
     aug = DeviceAugment(RECIPE_AUGMENT, sizes.classes, [0.5] * 3, [0.25] * 3)
+    batch = 4 * sizes.batch
+    draw = batch_draw(data, batch, seed=0)
     gen = torch.Generator(device=data.train_x.device).manual_seed(0)
-    n, batch = len(data.train_y), 4 * sizes.batch
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, n, (batch,), generator=gen, device=data.train_x.device)
-        return aug(data.train_x[idx], data.train_y[idx], gen)
+        return aug(*draw(), gen)
 
     for _ in range(sizes.warmup):
         step()
