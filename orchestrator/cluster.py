@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from orchestrator.tracking import is_local_store
 from search_spaces import SweepSpec, check_resources
 
 PROBE_TIMEOUT_S = 120.0  # a node that cannot answer in this long is reported as not seeing it
+PROBE_RETRY_WAIT_S = 2.0  # between asks of a node that gave no answer yet
 # The autoscaler's config where Ray's GCS holds none (Ray 2.60's own autoscaler reports none
 # there): `ray up` writes it, node resources filled in, on the head, where the driver runs.
 AUTOSCALING_CONFIG_ENV = "CCT_AUTOSCALING_CONFIG"
@@ -178,40 +180,76 @@ def _sees_remote(storage_path: str, relative: str) -> bool:
     return _sees(storage_path, relative)
 
 
-def _ask_every_node(storage_path: str, relative: str, node_ids: list[str]) -> dict[str, bool]:
+def _ask_every_node(
+    storage_path: str, relative: str, node_ids: list[str], timeout_s: float
+) -> dict[str, bool]:
+    """Each node's answer; a node that gave none (it timed out, died, or the scheduler here
+    does not know it yet) is left out."""
     refs = {
         node: _sees_remote.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
         ).remote(storage_path, relative)
         for node in node_ids
     }
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     answers = {}
     for node, ref in refs.items():
-        try:
-            answers[node] = ref in ready and bool(ray.get(ref))
-        except ray.exceptions.RayError:
-            answers[node] = False
+        if ref in ready:
+            try:
+                answers[node] = bool(ray.get(ref))
+            except ray.exceptions.RayError:
+                pass
     return answers
+
+
+def alive_node_ids() -> set[str]:
+    return {n["NodeID"] for n in alive_nodes()}
 
 
 def nodes_not_seeing(
     storage_path: str,
     node_ids: list[str],
-    ask: Callable[[str, str, list[str]], dict[str, bool]] = _ask_every_node,
-) -> list[str]:
-    """Nodes that cannot see a marker written to `storage_path` from here (the driver).
-    Raises OSError when the driver itself cannot write there."""
+    ask: Callable[[str, str, list[str], float], dict[str, bool]] = _ask_every_node,
+    alive: Callable[[], set[str]] = alive_node_ids,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    retry_wait_s: float = PROBE_RETRY_WAIT_S,
+) -> dict[str, str]:
+    """Nodes that cannot see a marker written to `storage_path` from here (the driver), or
+    that gave no answer in `timeout_s` while they stayed in the cluster, each with which. A node that gives
+    no answer is asked again until then: one that joined a moment ago may not be known to
+    the scheduler here yet. A node that leaves the cluster meanwhile holds no trial and is
+    not counted. Raises OSError when the driver itself cannot write there."""
     fs, root = _storage(storage_path)
     relative = f".cct-shared-{uuid.uuid4().hex[:12]}"
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{relative}") as f:
         f.write(b"written by the sweep driver to check that every node sees this storage\n")
+    deadline = time.monotonic() + timeout_s
+    answers: dict[str, bool] = {}
     try:
-        answers = ask(storage_path, relative, node_ids)
+        silent = list(node_ids)
+        while True:
+            answers.update(
+                ask(storage_path, relative, silent, max(0.0, deadline - time.monotonic()))
+            )
+            silent = [n for n in silent if n not in answers]
+            if silent:
+                here = alive()
+                for node in silent:
+                    if node not in here:
+                        answers[node] = True  # it left: nothing of the sweep runs there
+                silent = [n for n in silent if n in here]
+            if not silent or time.monotonic() + retry_wait_s >= deadline:
+                break
+            time.sleep(retry_wait_s)
     finally:
         fs.delete_file(f"{root}/{relative}")
-    return [node for node in node_ids if not answers.get(node, False)]
+    no_answer = f"no answer in {timeout_s:g} s"
+    return {
+        n: no_answer if n not in answers else "cannot see it"
+        for n in node_ids
+        if not answers.get(n)
+    }
 
 
 def cluster_problems(spec: SweepSpec, tracking_uri: str, capacity: Capacity) -> list[str]:
@@ -237,9 +275,11 @@ def cluster_problems(spec: SweepSpec, tracking_uri: str, capacity: Capacity) -> 
     return errors
 
 
-def blind_message(storage_path: str, nodes: list[dict], blind: list[str]) -> str:
+def blind_message(storage_path: str, nodes: list[dict], blind: dict[str, str]) -> str:
     names = ", ".join(
-        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes if n["NodeID"] in blind
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]}): {blind[n['NodeID']]}"
+        for n in nodes
+        if n["NodeID"] in blind
     )
     return (
         f"storage_path={storage_path}: not visible from {len(blind)} of {len(nodes)} "
@@ -306,6 +346,7 @@ __all__ = [
     "Capacity",
     "NodeType",
     "NodeWatcher",
+    "alive_node_ids",
     "alive_nodes",
     "capacity_problems",
     "cluster_capacity",

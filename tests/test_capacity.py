@@ -110,7 +110,7 @@ def test_a_node_that_joins_blind_stops_the_sweep(monkeypatch):
 
     def probe(storage, node_ids):
         asked.append(list(node_ids))
-        return [n for n in node_ids if n == "blind"]
+        return {n: "cannot see it" for n in node_ids if n == "blind"}
 
     monkeypatch.setattr(cluster, "nodes_not_seeing", probe)
     stopped = []
@@ -122,7 +122,10 @@ def test_a_node_that_joins_blind_stops_the_sweep(monkeypatch):
     nodes.append({"NodeID": "blind", "NodeManagerAddress": "10.0.0.3", "Alive": True})
     watcher.check_new_nodes()
     assert asked[-1] == ["blind"] and stopped == [True]
-    assert "storage_path=/srv/local: not visible from 1 of 3 nodes (10.0.0.3" in watcher.problem
+    assert (
+        "storage_path=/srv/local: not visible from 1 of 3 nodes (10.0.0.3 (blind): cannot see it)"
+        in watcher.problem
+    )
 
 
 @pytest.mark.parametrize(

@@ -83,25 +83,48 @@ def test_no_secrets_in_the_cluster_file():
 def test_probe_reports_the_nodes_that_do_not_see_the_marker(tmp_path):
     seen = {}
 
-    def ask(storage_path, relative, node_ids):
+    def ask(storage_path, relative, node_ids, timeout_s):
         marker = tmp_path / "store" / relative
         seen["marker_existed"] = marker.is_file()
-        return {"a": True, "b": False}  # "c" never answered
+        return {"a": True, "b": False}  # "c" never answered, and stays in the cluster
 
-    blind = nodes_not_seeing(str(tmp_path / "store"), ["a", "b", "c"], ask=ask)
-    assert blind == ["b", "c"]
+    blind = nodes_not_seeing(
+        str(tmp_path / "store"), ["a", "b", "c"], ask=ask, alive=lambda: {"a", "b", "c"},
+        timeout_s=0.3, retry_wait_s=0.05,
+    )  # fmt: skip
+    assert blind == {"b": "cannot see it", "c": "no answer in 0.3 s"}
     assert seen["marker_existed"]
     assert list((tmp_path / "store").iterdir()) == []  # the marker is cleaned up
 
 
+def test_a_node_is_asked_again_until_it_answers_or_leaves(tmp_path):
+    # a node that joined a moment ago may be unknown to the scheduler here: its first ask
+    # fails; a node killed before it answered leaves the cluster and holds no trial
+    asks = []
+    alive = {"new", "killed", "good"}
+
+    def ask(storage_path, relative, node_ids, timeout_s):
+        asks.append(sorted(node_ids))
+        if len(asks) == 2:
+            alive.discard("killed")
+        return {"good": True} if len(asks) == 1 else {"new": True} if len(asks) == 3 else {}
+
+    blind = nodes_not_seeing(
+        str(tmp_path), ["new", "killed", "good"], ask=ask, alive=lambda: set(alive),
+        timeout_s=30, retry_wait_s=0.01,
+    )  # fmt: skip
+    assert blind == {}
+    assert asks == [["good", "killed", "new"], ["killed", "new"], ["new"]]
+
+
 def test_probe_on_a_path_every_node_sees(tmp_path):
-    def ask(storage_path, relative, node_ids):
+    def ask(storage_path, relative, node_ids, timeout_s):
         from orchestrator.cluster import _sees
 
         return {n: _sees(storage_path, relative) for n in node_ids}
 
-    assert nodes_not_seeing(str(tmp_path), ["a", "b"], ask=ask) == []
-    assert nodes_not_seeing(f"file://{tmp_path}", ["a"], ask=ask) == []
+    assert nodes_not_seeing(str(tmp_path), ["a", "b"], ask=ask) == {}
+    assert nodes_not_seeing(f"file://{tmp_path}", ["a"], ask=ask) == {}
 
 
 def test_probe_fails_when_the_driver_cannot_write(tmp_path):
