@@ -24,7 +24,7 @@ from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, parse_
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
 from cct.data.augment import recipe_augment
 from cct.data.shapes import dataset_shape
-from cct.device import allow_tf32, resolve_device, sync, use_bf16
+from cct.device import allow_tf32, keep_freed_memory, resolve_device, sync, use_bf16
 from cct.engine import make_trainer
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import create_model
@@ -147,6 +147,7 @@ def benchmark(
     """
     dev = resolve_device(device)
     allow_tf32(dev)
+    keep_freed_memory(dev)  # as the engine does
     bf16 = use_bf16(precision, dev)
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ from cct.data import (
     load_dataset,
     normalize,
 )
-from cct.device import allow_tf32, autocast, use_bf16
+from cct.device import allow_tf32, autocast, keep_freed_memory, use_bf16
 from cct.measure import count_macs, count_params, device_name, measure_speed
 from cct.models import CCT, create_model
 from cct.models.authors import init_weights
@@ -236,6 +236,7 @@ def fit(
     rank, device = dist.setup(cfg.device if device is None else device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     allow_tf32(device)
+    keep_freed_memory(device)
     data = data or load_dataset(cfg.data, device)
     run: Run | None = None
     try:

@@ -305,3 +305,65 @@ def test_phase_gaps_follow_the_marks_in_time_order():
         "trial_entered->run_ready": 1.0,
         "run_ready->trial_closed": 3.0,
     }
+
+
+class _StampedItems(torch.utils.data.Dataset):
+    """Items that take 20 ms each and write, as they finish, when they did (from a worker)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __len__(self):
+        return 10_000
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(0.02)
+        with open(self.log, "a") as f:
+            f.write(f"{time.monotonic()}\n")
+        return i
+
+
+def test_a_loader_window_starts_in_steady_state_and_ends_with_its_workers_idle(tmp_path):
+    # the data rows time a reference DataLoader between windows of ours: batches its workers
+    # made before the window, or make after it, would be counted for it and against ours
+    import time
+
+    from cct.perf.timing import steady_loader_seconds
+
+    log = tmp_path / "made.txt"
+    loader = torch.utils.data.DataLoader(_StampedItems(log), num_workers=1, prefetch_factor=3)
+    it = iter(loader)
+    next(it)
+    time.sleep(0.5)  # the worker fills its queue: 3 items ready
+    seconds = steady_loader_seconds(
+        lambda: next(it), in_flight=3, calls=5, device=torch.device("cpu")
+    )
+    returned = time.monotonic()
+    time.sleep(0.3)
+    made = [float(t) for t in log.read_text().split()]
+    assert all(t < returned for t in made)  # nothing was still being made when it returned
+    assert len(made) == 1 + 3 + 3 + 5  # the first, the ready, the untimed and the timed ones
+    assert seconds >= 0.015  # each timed call waited for an item being made, none was ready
+
+
+def test_the_cpu_keeps_freed_memory_unless_the_user_chose(monkeypatch):
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from cct.device import keep_freed_memory as k;"
+        "print(k(torch.device('cuda')), k(torch.device('cpu')), k(torch.device('cpu')))"
+    )
+
+    def run(**env):
+        import os
+
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+        )
+        return out.stdout.split()
+
+    assert run() == ["False", "True", "True"]  # glibc here; only the CPU
+    assert run(MALLOC_TRIM_THRESHOLD_="131072") == ["False", "False", "False"]

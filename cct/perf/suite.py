@@ -24,17 +24,24 @@ import argparse
 import gc
 import statistics
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from cct.bench import peak_tflops_for
 from cct.cli import OneLineParser
 from cct.data.augment import recipe_augment
-from cct.device import DeviceUnavailable, allow_tf32, resolve_device, use_bf16
+from cct.device import (
+    DeviceUnavailable,
+    allow_tf32,
+    keep_freed_memory,
+    resolve_device,
+    use_bf16,
+)
 from cct.measure import count_macs, count_params, device_name, time_forward
 from cct.perf import sharing
 from cct.perf.cases import (
@@ -54,7 +61,13 @@ from cct.perf.reference_data import Mixup
 from cct.perf.reference_randaugment import PillowRecipeTransform
 from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
 from cct.perf.steps import Step, ours_data_step, reference_data_step
-from cct.perf.timing import Paired, interleaved, load_average, seconds_per_call
+from cct.perf.timing import (
+    Paired,
+    interleaved,
+    load_average,
+    seconds_per_call,
+    steady_loader_seconds,
+)
 
 GROUPS = ("train", "latency", "data", "sharing")
 
@@ -76,7 +89,7 @@ class Sizes:
 
 
 CUDA_SIZES = Sizes(128, 1024, 100, 20, 10, 5, 50_000, 50, 15.0, (1, 2, 4))
-CPU_SIZES = Sizes(None, 32, 20, 3, 1, 3, 10_000, 8, 5.0, (1, 2, 4))  # ~5 min on 2 idle cores
+CPU_SIZES = Sizes(None, 32, 20, 3, 1, 3, 10_000, 32, 5.0, (1, 2, 4))  # ~5 min on 2 idle cores
 # --quick (tests, CI): every row, tiny models; two sharing counts, since each process
 # start costs seconds of CPU.
 QUICK_SIZES = Sizes(8, 8, 3, 1, 1, 2, 256, 2, 0.3, (1, 2))
@@ -263,26 +276,47 @@ def latency_rows(setup: Setup, cases: list[Case]) -> list[dict[str, Any]]:
 
 
 def paired_data_rates(
-    setup: Setup, data: Data, loader: Iterable, *, batch: int, label: str
+    setup: Setup, data: Data, loader: DataLoader, *, batch: int, label: str
 ) -> Paired:
     """Our batched data step on `data` (its augment) against `loader`, a per-sample
-    reference DataLoader of the same recipe, mixup/cutmix on the batch as timm's."""
-    ours = ours_data_step(
-        data.device_images,
-        data.device_labels,
-        augment=data.augment,
-        num_classes=NUM_CLASSES,
-        mean=data.mean,
-        std=data.std,
-        batch_size=batch,
-    )
-    ref = reference_data_step(loader, mixup=Mixup(data.augment, NUM_CLASSES), device=setup.device)
-    for step in (ours, ref):
+    reference DataLoader of the same recipe, mixup/cutmix on the batch as timm's.
+
+    The reference is timed in its loader's steady state, and our window starts only once
+    its workers are idle (steady_loader_seconds): with 8 batches a window on 2 cores, the
+    batches its workers had ready, and made during our window, had both sides wrong by tens
+    of percent, in the reference's favour."""
+    steps = {
+        "ours": ours_data_step(
+            data.device_images,
+            data.device_labels,
+            augment=data.augment,
+            num_classes=NUM_CLASSES,
+            mean=data.mean,
+            std=data.std,
+            batch_size=batch,
+        ),
+        "reference": reference_data_step(
+            loader, mixup=Mixup(data.augment, NUM_CLASSES), device=setup.device
+        ),
+    }
+    in_flight = (loader.prefetch_factor or 0) * loader.num_workers
+    calls = setup.sizes.data_batches
+
+    def reference_rate() -> float:
+        step = steps["reference"]
+        return batch / steady_loader_seconds(
+            step, in_flight=in_flight, calls=calls, device=setup.device
+        )
+
+    def our_rate() -> float:
+        return batch / seconds_per_call(steps["ours"], calls, setup.device)
+
+    for step in steps.values():
         seconds_per_call(step, 2, setup.device)
-    paired = paired_rates(
-        ours, ref, setup, calls=setup.sizes.data_batches, batch=batch, label=label
+    paired = interleaved(
+        our_rate, reference_rate, setup.sizes.repeats, label=label, unit="samples/s"
     )
-    del ours, ref
+    steps.clear()  # ends the reference's DataLoader workers
     gc.collect()
     return paired
 
@@ -585,6 +619,7 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[str], list[Case]]:
 def run(setup: Setup, groups: list[str], cases: list[Case]) -> tuple[dict, list[dict]]:
     """Measure the asked row groups; returns (the run's description, rows)."""
     allow_tf32(setup.device)  # as the engine does
+    keep_freed_memory(setup.device)
     threads = torch.get_num_threads()
     if setup.quick:  # tiny ops on a crowded CI machine: one thread does not wait on another
         torch.set_num_threads(1)

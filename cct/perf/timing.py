@@ -26,6 +26,20 @@ def seconds_per_call(fn: Callable[[], object], calls: int, device: torch.device)
     return (time.perf_counter() - t0) / calls
 
 
+def steady_loader_seconds(
+    step: Callable[[], object], *, in_flight: int, calls: int, device: torch.device
+) -> float:
+    """seconds_per_call of a step that draws from a DataLoader, in its steady state, and
+    leaving its workers idle. The workers keep `in_flight` batches on the way: that many are
+    first taken untimed, so the timed calls start with none ready, and after them the
+    workers finish what is on the way before this returns, so that they do not share the
+    CPU with what is timed next."""
+    seconds_per_call(step, in_flight, device)
+    seconds = seconds_per_call(step, calls, device)
+    time.sleep(2 * in_flight * seconds)  # the time those batches take, with a margin
+    return seconds
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (None where the OS has none)."""
     try:
