@@ -194,11 +194,12 @@ def _ask_every_node(
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     answers = {}
     for node, ref in refs.items():
-        if ref in ready:
-            try:
-                answers[node] = bool(ray.get(ref))
-            except ray.exceptions.RayError:
-                pass
+        if ref not in ready:
+            continue  # still on its way when the time ran out: no answer
+        try:
+            answers[node] = bool(ray.get(ref))
+        except ray.exceptions.RayError:
+            continue  # the task failed (the node died, or is unknown here yet): no answer
     return answers
 
 
@@ -215,10 +216,10 @@ def nodes_not_seeing(
     retry_wait_s: float = PROBE_RETRY_WAIT_S,
 ) -> dict[str, str]:
     """Nodes that cannot see a marker written to `storage_path` from here (the driver), or
-    that gave no answer in `timeout_s` while they stayed in the cluster, each with which. A node that gives
-    no answer is asked again until then: one that joined a moment ago may not be known to
-    the scheduler here yet. A node that leaves the cluster meanwhile holds no trial and is
-    not counted. Raises OSError when the driver itself cannot write there."""
+    that gave no answer in `timeout_s` while they stayed in the cluster, each with which.
+    A node that gives no answer is asked again until then: one that joined a moment ago may
+    not be known to the scheduler here yet. A node that leaves the cluster meanwhile holds
+    no trial and is not counted. Raises OSError when the driver itself cannot write there."""
     fs, root = _storage(storage_path)
     relative = f".cct-shared-{uuid.uuid4().hex[:12]}"
     fs.create_dir(root, recursive=True)
@@ -226,8 +227,8 @@ def nodes_not_seeing(
         f.write(b"written by the sweep driver to check that every node sees this storage\n")
     deadline = time.monotonic() + timeout_s
     answers: dict[str, bool] = {}
+    silent = list(node_ids)  # no answer yet, and still in the cluster
     try:
-        silent = list(node_ids)
         while True:
             answers.update(
                 ask(storage_path, relative, silent, max(0.0, deadline - time.monotonic()))
@@ -235,10 +236,7 @@ def nodes_not_seeing(
             silent = [n for n in silent if n not in answers]
             if silent:
                 here = alive()
-                for node in silent:
-                    if node not in here:
-                        answers[node] = True  # it left: nothing of the sweep runs there
-                silent = [n for n in silent if n in here]
+                silent = [n for n in silent if n in here]  # one that left holds no trial
             if not silent or time.monotonic() + retry_wait_s >= deadline:
                 break
             time.sleep(retry_wait_s)
@@ -246,9 +244,9 @@ def nodes_not_seeing(
         fs.delete_file(f"{root}/{relative}")
     no_answer = f"no answer in {timeout_s:g} s"
     return {
-        n: no_answer if n not in answers else "cannot see it"
+        n: "cannot see it" if n in answers else no_answer
         for n in node_ids
-        if not answers.get(n)
+        if answers.get(n) is False or n in silent
     }
 
 

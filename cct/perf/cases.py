@@ -14,7 +14,7 @@ from cct.data.augment import AugmentSpec, recipe_augment
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
 from cct.perf.reference_data import Mixup, SampleTransform, make_loader
 from cct.perf.reference_model import reference_model
-from cct.perf.steps import Step, ours_step, reference_step
+from cct.perf.steps import Step, ours_data_step, ours_step, reference_step
 
 NUM_CLASSES = 10
 # --quick: every case shrunk to a few-thousand-parameter model on 16 px images.
@@ -102,6 +102,19 @@ def reference_loader(
         num_workers=num_workers,
         pin_memory=data.device_images.device.type == "cuda",
         transform=transform,
+    )
+
+
+def our_data_step(data: Data, *, batch_size: int) -> Step:
+    """The engine's data part alone (a batch indexed and augmented) on `data`'s device tensors."""
+    return ours_data_step(
+        data.device_images,
+        data.device_labels,
+        augment=data.augment,
+        num_classes=NUM_CLASSES,
+        mean=data.mean,
+        std=data.std,
+        batch_size=batch_size,
     )
 
 

@@ -52,6 +52,7 @@ from cct.perf.cases import (
     Case,
     Data,
     model_pair,
+    our_data_step,
     our_training_step,
     random_data,
     reference_loader,
@@ -60,7 +61,7 @@ from cct.perf.cases import (
 from cct.perf.reference_data import Mixup
 from cct.perf.reference_randaugment import PillowRecipeTransform
 from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
-from cct.perf.steps import Step, ours_data_step, reference_data_step
+from cct.perf.steps import Step, reference_data_step
 from cct.perf.timing import (
     Paired,
     interleaved,
@@ -286,15 +287,7 @@ def paired_data_rates(
     batches its workers had ready, and made during our window, had both sides wrong by tens
     of percent, in the reference's favour."""
     steps = {
-        "ours": ours_data_step(
-            data.device_images,
-            data.device_labels,
-            augment=data.augment,
-            num_classes=NUM_CLASSES,
-            mean=data.mean,
-            std=data.std,
-            batch_size=batch,
-        ),
+        "ours": our_data_step(data, batch_size=batch),
         "reference": reference_data_step(
             loader, mixup=Mixup(data.augment, NUM_CLASSES), device=setup.device
         ),
