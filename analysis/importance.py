@@ -12,17 +12,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
 MIN_TRIALS = 8
 EVALUATOR = "fANOVA"
 
 
 def optuna_distribution(d: Any):
     """A searched key's domain (search_spaces.Domain: kind, values, low, high) as Optuna's."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
 
     if d.kind in ("choice", "grid"):
         return CategoricalDistribution(list(d.values or ()))
@@ -68,8 +67,6 @@ def importances(
 
 
 def _fanova(search, keys, usable, metric: str, mode: str) -> dict[str, float]:
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
 

@@ -239,6 +239,7 @@ def eligible(run: Any, include_stopped: bool) -> bool:
 def architecture(params: dict[str, str]) -> dict[str, Any]:
     """The model's resolved architecture from the flat `model.*` params: "None" means the
     variant's own value (cct/models/registry.py), filled in from the variant table."""
+    # deferred: the run contract stays free of torch (importing cct loads it, about 2.5 s); only this reader needs the variant table
     from cct.models.registry import VARIANTS  # plain data; no model is built
 
     raw = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}

@@ -16,8 +16,15 @@ from typing import Any
 
 import yaml
 
+from cct import dist
+from cct.checkpoint import read_description
 from cct.cli import OneLineParser, fail
-from cct.config import ConfigError, TrainConfig, parse_override, set_dotted
+from cct.config import ConfigError, TrainConfig
+from cct.data import DatasetError
+from cct.data.shapes import dataset_shape
+from cct.engine import TrainingDiverged, fit
+from cct.models import resolve_settings
+from cct.typed_reader import flatten, parse_override, set_dotted
 
 EXAMPLE = "python -m cct.train --set data.dataset=digits --set optim.epochs=30"
 
@@ -93,8 +100,6 @@ def parse_config(config_file: str | None, sets: list[str]) -> TrainConfig:
         set_dotted(raw, ".".join(parts), value)
     cfg = TrainConfig.from_dict(raw)
     # Shape errors (unknown variant, impossible widths) surface here, before any data loads.
-    from cct.data.shapes import dataset_shape
-    from cct.models import resolve_settings
 
     classes, channels, size = dataset_shape(cfg.data)
     resolve_settings(
@@ -110,8 +115,6 @@ def parse_config(config_file: str | None, sets: list[str]) -> TrainConfig:
 def resume_mismatch(cfg: TrainConfig, checkpoint: Path) -> str | None:
     """Why `cfg` cannot continue `checkpoint` (None if it can). Only the epoch budget may
     change: anything else would silently train a different run."""
-    from cct.checkpoint import read_description
-    from cct.config import flatten
 
     old = flatten(read_description(checkpoint)["config"])
     new = flatten(cfg.to_dict())
@@ -132,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     args = p.parse_args(argv)
 
-    from cct.data import DatasetError
-    from cct.engine import TrainingDiverged, fit
-
     try:
         cfg = parse_config(args.config, args.set)
     except ConfigError as e:
@@ -148,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         problem = resume_mismatch(cfg, resume_from)
         if problem:
             fail(f"--resume: {problem}")
-
-    from cct import dist
 
     rank, _ = dist.setup(cfg.device)
     try:

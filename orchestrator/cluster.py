@@ -12,6 +12,7 @@ node, so a path mounted on the head only is refused before it loses a checkpoint
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import pyarrow.fs
 import ray
 import yaml
+from ray._private.state import state
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.tracking import is_local_store
@@ -73,7 +75,6 @@ class Capacity:
 
 def _from_gcs() -> tuple[tuple[NodeType, ...], dict[str, float]] | None:
     # What Ray Train's own check reads: the cluster config the autoscaler reported to GCS.
-    from ray._private.state import state
 
     config = state.get_cluster_config()
     if config is None or not config.node_group_configs:
@@ -299,7 +300,6 @@ class NodeWatcher:
         on_blind: Callable[[], None] | None = None,
         interval_s: float = WATCH_INTERVAL_S,
     ) -> None:
-        import _thread
 
         self.storage_path, self.interval_s = storage_path, interval_s
         self.on_blind = on_blind or _thread.interrupt_main

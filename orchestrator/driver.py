@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG
 from cct.checkpoint import git_commit
-from orchestrator.callbacks import Interruption, MlflowStatusCallback
+from orchestrator.callbacks import Interruption, MlflowStatusCallback, StatusTable, StudyRecorder
 from orchestrator.cluster import (
     Capacity,
     NodeWatcher,
@@ -29,11 +29,8 @@ from orchestrator.cluster import (
     cluster_capacity,
     cluster_problems,
 )
-from orchestrator.console import StatusTable
-from orchestrator.search_space import make_scheduler, make_searcher, param_space
 from orchestrator.study import (
     StudyPlace,
-    StudyRecorder,
     WarmStart,
     WarmStartError,
     find_warm_start,
@@ -53,7 +50,8 @@ from orchestrator.tracking import (
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
-from orchestrator.worker import SIMULATED_GPUS_ENV
+from orchestrator.tune_objects import make_scheduler, make_searcher, param_space
+from orchestrator.worker.loop import SIMULATED_GPUS_ENV
 from search_spaces import SweepSpec
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Train run; the workers hold the CPUs
@@ -98,7 +96,7 @@ def start_ray(address: str | None, *, verbose: bool = False) -> None:
         log_to_driver=verbose,
         runtime_env={
             "env_vars": LOCAL_RAY_ENV,
-            "worker_process_setup_hook": "orchestrator.ray_hooks.quiet_worker_logs",
+            "worker_process_setup_hook": "orchestrator.worker.ray_hooks.quiet_worker_logs",
         },
     )
 
@@ -267,7 +265,7 @@ def make_tuner(
             storage_path=spec.storage_path,
             callbacks=callbacks,
             verbose=1 if verbose else 0,  # Tune's own tables and boxes; ours: console.py
-            # A trial that fails for good ends normally (orchestrator.worker); what is left
+            # A trial that fails for good ends normally (orchestrator.worker.loop); what is left
             # is a lost trial actor or driver node, which a retry heals.
             failure_config=tune.FailureConfig(max_failures=2),
         ),
@@ -300,6 +298,50 @@ def sweep_study(
     return place
 
 
+def refuse_early(
+    spec: SweepSpec, tracking_uri: str, address: str | None, *, fresh: bool, verbose: bool
+) -> tuple[WarmStart | None, Capacity]:
+    """What can refuse the sweep before anything is written: the earlier sweep a warm start
+    names (read before Ray starts), then the cluster, which is started or joined here."""
+    warm = None
+    if spec.tune.warm_start:
+        try:
+            warm = find_warm_start(spec, tracking_uri, fresh=fresh)
+        except WarmStartError as e:
+            raise SweepRefused(str(e)) from None
+    start_ray(address, verbose=verbose)
+    capacity = cluster_capacity()
+    problems = cluster_problems(spec, tracking_uri, capacity)
+    if problems:
+        raise SweepRefused("; ".join(problems))
+    return warm, capacity
+
+
+def sweep_tuner(
+    ctx: SweepContext,
+    ray_experiment: str,
+    capacity: Capacity,
+    interruption: Interruption,
+    study: StudyPlace | None,
+    *,
+    verbose: bool,
+) -> tune.Tuner:
+    """The trial function with its resources, the driver's callbacks, and the Tuner."""
+    spec = ctx.spec
+    trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
+    MlflowStatusCallback.live_tracking_uri = ctx.tracking_uri  # also for a restored callback
+    callbacks = [
+        MlflowStatusCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+        interruption,
+        StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
+    ]
+    experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"
+    return make_tuner(
+        spec, trainable, experiment_path, callbacks, ray_experiment, capacity,
+        study=study, verbose=verbose,
+    )  # fmt: skip
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -318,20 +360,7 @@ def run_sweep(
     interruption.install()
     client, experiment_id, parent_run_id, results = None, "", "", None
     try:
-        # The earlier sweep a warm start names, read before Ray starts or anything is
-        # written: an incompatible one refuses the sweep.
-        warm = None
-        if spec.tune.warm_start:
-            try:
-                warm = find_warm_start(spec, tracking_uri, fresh=fresh)
-            except WarmStartError as e:
-                raise SweepRefused(str(e)) from None
-        # The cluster next: a sweep it cannot run is refused before anything is written.
-        start_ray(address, verbose=verbose)
-        capacity = cluster_capacity()
-        problems = cluster_problems(spec, tracking_uri, capacity)
-        if problems:
-            raise SweepRefused("; ".join(problems))
+        warm, capacity = refuse_early(spec, tracking_uri, address, fresh=fresh, verbose=verbose)
         # Then MLflow, in this one process: several processes creating a new sqlite store
         # at once crash, and every trial must find the experiment and parent run ready.
         client = MlflowClient(tracking_uri)
@@ -355,22 +384,7 @@ def run_sweep(
             latency_shared=max_concurrent(spec, capacity) > 1 or spec.resources.gpus_per_worker < 1,
             simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
         )
-        trainable = tune.with_resources(functools.partial(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
-        MlflowStatusCallback.live_tracking_uri = tracking_uri  # also for a restored callback
-        tuner = make_tuner(
-            spec,
-            trainable,
-            f"{spec.storage_path.rstrip('/')}/{ray_experiment}",
-            [
-                MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id),
-                interruption,
-                StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
-            ],
-            ray_experiment,
-            capacity,
-            study=study,
-            verbose=verbose,
-        )
+        tuner = sweep_tuner(ctx, ray_experiment, capacity, interruption, study, verbose=verbose)
         with quiet_tune_restore_hint():
             results, problem = fit_watching(tuner, spec, capacity)
         if problem:  # a node that cannot see the storage stopped it: not an interruption

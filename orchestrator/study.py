@@ -17,7 +17,6 @@ the MLflow trial run's `trial_id` tag.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,16 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from ray.tune import Callback
 
 from analysis import runs
 from analysis.importance import optuna_distribution
 from analysis.runs import RunLookupError, find_sweep, open_store
-from orchestrator.callbacks import Interruption
-from orchestrator.search_space import FAILED_KEY, FINISHED_KEY, TRIAL_ATTR
+from orchestrator import moved
 from search_spaces.spec import Domain, SweepSpec
+
+# StudyRecorder moved to orchestrator.callbacks; a sweep saved before the move finds it here
+# (orchestrator/moved.py).
+__getattr__ = moved.moved_names(__name__)
 
 WARM_ATTR = "warm_start_from"  # on trials copied from an earlier sweep: its sweep run id
 OBJECTIVES_ATTR = "objectives"  # on the study: the metric names, in the directions' order
@@ -126,79 +127,6 @@ def prepare_study(place: StudyPlace, spec: SweepSpec, warm: WarmStart | None) ->
             )
         )
     return len(warm.trials)
-
-
-# --------------------------------------------------------------------------------------
-# random and grid sweeps: Tune's own generator asks no study, so the driver records
-
-
-class StudyRecorder(Callback):
-    """Records each trial that ended into the sweep's study: COMPLETE with the objectives
-    of its final report, PRUNED when a scheduler stopped it (its last value as the
-    intermediate value at its epoch), FAIL when it failed for good or errored.
-
-    Tuner.restore brings this instance back from Tune's state; a trial already in the
-    study (by its Tune trial id) is not added again, so the study wins on a resume."""
-
-    def __init__(self, place: StudyPlace, spec: SweepSpec) -> None:
-        self.place = place
-        self.distributions = distributions(spec)
-        self.metrics = [name for name, _ in spec.objectives]
-        self._study: optuna.Study | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_study": None}  # the storage is reopened from the path
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if Interruption.signum() is not None:  # stopped by the interruption: it resumes
-            return
-        last = trial.last_result or {}
-        if FAILED_KEY in last:
-            self.record(trial, TrialState.FAIL)
-        elif FINISHED_KEY in last:
-            self.record(trial, TrialState.COMPLETE)
-        else:
-            self.record(trial, TrialState.PRUNED)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.record(trial, TrialState.FAIL)
-
-    def record(self, trial: Any, state: TrialState) -> None:
-        if self._study is None:
-            self._study = self.place.load()
-        if any(t.user_attrs.get(TRIAL_ATTR) == trial.trial_id for t in self._study.trials):
-            return
-        last = trial.last_result or {}
-        values = [_number(last.get(m)) for m in self.metrics]
-        if state == TrialState.COMPLETE and None in values:
-            state = TrialState.FAIL  # Optuna keeps no COMPLETE trial without its values
-        intermediate, kept = {}, values if state == TrialState.COMPLETE else None
-        if state == TrialState.PRUNED and len(values) == 1 and values[0] is not None:
-            intermediate, kept = {int(last.get("epoch", 0)): values[0]}, values  # as Optuna does
-        params = {k: _plain(v) for k, v in trial.config.items() if k in self.distributions}
-        self._study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                params=params,
-                distributions={k: self.distributions[k] for k in params},
-                values=kept,
-                intermediate_values=intermediate,
-                user_attrs={TRIAL_ATTR: trial.trial_id},
-            )
-        )
-
-
-def _number(v: Any) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _plain(v: Any) -> Any:
-    # Tune can hand back numpy scalars; the study's JSON journal wants Python ones.
-    return v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from analysis.runs import (
     trial_runs,
     ui_runs_url,
 )
-from orchestrator.compute import COST, HOURS_KEYS, cost, format_compute, sweep_compute
+from orchestrator.cost import COST, HOURS_KEYS, cost, format_compute, sweep_compute
 from search_spaces import SweepSpec
 
 SHOWN = ("val_accuracy", "test_accuracy", "latency_ms", "macs", "params")

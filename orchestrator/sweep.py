@@ -8,7 +8,10 @@ import os
 import shlex
 import sys
 
+import torch
+
 from cct.cli import OneLineParser, fail
+from search_spaces import SpecError, check_resources, format_plan, load_spec
 
 EPILOG = """examples:
   python -m orchestrator.sweep                          # the offline quickstart on digits
@@ -60,10 +63,9 @@ def dry_run(spec, tracking_uri: str, address: str | None, *, fresh: bool = False
     """The plan; the resource fit checked against the cluster at `address`, or stated as
     unchecked (a cluster sweep file is written on a laptop that cannot run it); the warm
     start's earlier trials checked against the search space (read only)."""
-    from search_spaces import format_plan
-
     warm = None
     if spec.tune.warm_start:
+        # deferred: ray and mlflow (seconds of imports) load after the sweep file is read
         from orchestrator.study import WarmStartError, find_warm_start
 
         try:
@@ -77,6 +79,7 @@ def dry_run(spec, tracking_uri: str, address: str | None, *, fresh: bool = False
             " what that cluster has or can grow to; run here, against this machine)"
         )
     else:
+        # deferred: ray and mlflow (seconds of imports) load after the sweep file is read
         from orchestrator.driver import SweepRefused, check_fit
 
         try:
@@ -94,8 +97,6 @@ def dry_run(spec, tracking_uri: str, address: str | None, *, fresh: bool = False
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from search_spaces import SpecError, check_resources, load_spec
-
     try:
         spec = load_spec(
             args.config, args.set, default_storage=os.environ.get("CCT_STORAGE_PATH") or None
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         fail(*e.errors)
 
+    # deferred: ray and mlflow (seconds of imports) load after the sweep file is read
     from orchestrator.tracking import default_tracking_uri
 
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()  # $MLFLOW_TRACKING_URI
@@ -110,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(spec, tracking_uri, address, fresh=args.fresh)
     if address is None:
-        import torch
-
         errors = check_resources(spec, cpus=os.cpu_count() or 1, gpus=torch.cuda.device_count())
         if errors:
             fail(*errors)
 
+    # deferred: ray and mlflow (seconds of imports) load after the sweep file is read
     from orchestrator.console import quiet_libraries
     from orchestrator.driver import SweepRefused, run_sweep
 

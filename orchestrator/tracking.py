@@ -8,6 +8,7 @@ is relied on.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import math
 import sys
 import time
@@ -19,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis import runs
 from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
-from cct.config import flatten
-from orchestrator.compute import WALL_HOURS
+from cct.typed_reader import flatten
+from orchestrator.cost import WALL_HOURS
 
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
@@ -258,7 +259,6 @@ def _metrics(values: dict[str, Any], step: int) -> list[Metric]:
 
 
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
     for name in ("torch", "ray", "optuna", "mlflow", "numpy"):

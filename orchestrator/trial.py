@@ -15,11 +15,11 @@ from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.compute import Held
-from orchestrator.phases import Marks
+from orchestrator.cost import Held
+from orchestrator.phase_marks import Marks
 from orchestrator.tracking import child_run
-from orchestrator.tune_report import HoldingTuneReport
-from orchestrator.worker import train_loop_per_worker
+from orchestrator.worker.loop import train_loop_per_worker
+from orchestrator.worker.tune_report import HoldingTuneReport
 from search_spaces import SweepSpec, config_for_trial
 
 # Ray Train V2 restores a run only when its name and storage path match: both are derived

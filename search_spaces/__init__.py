@@ -1,6 +1,7 @@
 """Sweep files (YAML, shipped with the package) and the code that turns one into a
 validated, frozen `SweepSpec`. No Ray here: see orchestrator/ for that."""
 
+from search_spaces.load import load_spec, packaged_spec
 from search_spaces.plan import count_trials, format_plan
 from search_spaces.spec import (
     AnalysisSpec,
@@ -14,8 +15,6 @@ from search_spaces.spec import (
     TuneSpec,
     check_resources,
     config_for_trial,
-    load_spec,
-    packaged_spec,
     spec_hash,
 )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from cct.config import TrainConfig, flatten
+from cct.config import TrainConfig
+from cct.typed_reader import flatten
 from search_spaces.spec import AshaSpec, Domain, SweepSpec
 
 MAX_LISTED = 50  # trials spelled out one per line; more are summarised

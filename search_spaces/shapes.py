@@ -13,9 +13,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cct.config import ConfigError, DataConfig, Problem, TrainConfig, flatten
+from cct.config import ConfigError, DataConfig, TrainConfig
 from cct.data.shapes import dataset_shape as cct_dataset_shape
 from cct.models.registry import resolve_settings
+from cct.typed_reader import Problem, flatten
 from search_spaces.spec import Domain
 
 MAX_COMBINATIONS = 10_000  # above this only the extremes of each domain are checked

@@ -13,21 +13,10 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-from cct.config import (
-    POSITIVE,
-    SHP_THRESHOLD,
-    SHP_THRESHOLD_RANGE,
-    ShpFit,
-    ShpPooling,
-    ShpUnits,
-    TrainConfig,
-    at_least,
-    flatten,
-)
+from cct.config import SHP_THRESHOLD, SHP_THRESHOLD_RANGE, ShpFit, ShpPooling, ShpUnits, TrainConfig
+from cct.typed_reader import POSITIVE, at_least, flatten, python_value
 
 DomainKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 SearcherName = Literal["optuna-tpe", "optuna-nsga2", "random", "grid"]
@@ -90,7 +79,7 @@ class ResourcesSpec:
     cpus_per_worker: float = field(default=1.0, metadata=POSITIVE)
     # None: as many as fit
     max_concurrent_trials: int | None = field(default=None, metadata=at_least(1))
-    # In any currency: the sweep's GPU-hours and CPU-hours become a cost (orchestrator.compute)
+    # In any currency: the sweep's GPU-hours and CPU-hours become a cost (orchestrator.cost)
     price_per_gpu_hour: float | None = field(default=None, metadata=at_least(0))
     price_per_cpu_hour: float | None = field(default=None, metadata=at_least(0))
 
@@ -211,58 +200,16 @@ def _tune_part(tune: TuneSpec) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# loading
-
-
-def packaged_spec(name: str) -> Path:
-    """Path of a sweep file shipped with the package, e.g. packaged_spec("quickstart")."""
-    return Path(str(resources.files("search_spaces") / f"{name}.yaml"))
-
-
-def load_spec(
-    path: str | Path | None, overrides: Sequence[str] = (), *, default_storage: str | None = None
-) -> SweepSpec:
-    """Read, override (`--set dotted.key=value`) and validate a sweep file.
-
-    None means the packaged quickstart; a bare name such as "cifar100_lsmha" that is not a
-    file means the packaged file of that name. Raises SpecError listing every problem.
-    `default_storage` replaces <cwd>/ray_results when the file names no storage_path.
-    Writes nothing.
-    """
-    from search_spaces.validate import apply_overrides, build_spec, read_yaml
-
-    path = _locate(path)
-    raw = read_yaml(path)  # raises SpecError for a missing, empty or unparsable file
-    raw = apply_overrides(raw, overrides)  # raises SpecError for malformed --set
-    spec = build_spec(raw, source=str(path), cwd=Path.cwd(), default_storage=default_storage)
-    return dataclasses.replace(spec, hash=spec_hash(spec))
-
-
-def _locate(path: str | Path | None) -> Path:
-    if path is None:
-        return packaged_spec("quickstart")
-    p = Path(path).expanduser()
-    if not p.exists() and p.suffix == "" and len(p.parts) == 1 and packaged_spec(p.name).exists():
-        return packaged_spec(p.name)
-    return p.resolve() if p.exists() else p
-
-
-# --------------------------------------------------------------------------------------
 # per trial
 
 
 def config_for_trial(spec: SweepSpec, params: Mapping[str, Any]) -> TrainConfig:
     """The frozen TrainConfig of one trial: spec.base with Tune's flat dotted params
     (including "seed") merged in. Raises cct.config.ConfigError for an unknown key."""
-    flat = {k: _plain(v) for k, v in flatten(dict(params)).items()}
+    flat = {k: python_value(v) for k, v in flatten(dict(params)).items()}
     if spec.tune.max_epochs_without_gain is not None:
         flat.setdefault("max_epochs_without_gain", spec.tune.max_epochs_without_gain)
     return spec.base.replace(**flat) if flat else spec.base
-
-
-def _plain(v: Any) -> Any:
-    # Tune can hand back numpy scalars; the strict config wants Python ones.
-    return v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v
 
 
 def check_resources(

@@ -18,10 +18,10 @@ from typing import Any, get_args
 
 import yaml
 
-from cct.config import (
-    ConfigError,
+from cct.config import ConfigError, TrainConfig
+from cct.models.registry import variant_names
+from cct.typed_reader import (
     Problem,
-    TrainConfig,
     check_value,
     field_ranges,
     field_types,
@@ -30,7 +30,6 @@ from cct.config import (
     read_fields,
     unknown_key,
 )
-from cct.models.registry import variant_names
 from search_spaces.shapes import check_shapes
 from search_spaces.spec import (
     AnalysisSpec,

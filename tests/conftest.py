@@ -246,8 +246,8 @@ def assert_study_agrees(parent, trial_runs, objective: str = "val_accuracy") -> 
     sweep exactly once, finished, with the params, state and value of its MLflow run."""
     from optuna.trial import TrialState
 
-    from orchestrator.search_space import TRIAL_ATTR
     from orchestrator.study import WARM_ATTR, study_of
+    from orchestrator.tune_objects import TRIAL_ATTR
 
     place = study_of(parent)
     assert place is not None, "the sweep run names no Optuna study"

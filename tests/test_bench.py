@@ -1,6 +1,6 @@
-"""`cct.bench`: the JSON it writes and the values in it (no timing assertions: the CPU is
+"""`cct.perf.bench`: the JSON it writes and the values in it (no timing assertions: the CPU is
 shared), the peak table behind MFU, its bad-input errors, and that what it times (and what
-analysis/shp/bench.py times) is the engine's own training step."""
+analysis/bench/shp.py times) is the engine's own training step."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from cct import bench
 from cct.config import OptimConfig, TrainConfig
 from cct.data import load_dataset
 from cct.measure import count_macs, count_params
 from cct.models import create_model
+from cct.perf import bench, workload
 
 TINY = ["--set", "model.embed_dim=32", "--set", "model.tokenizer_layers=1"]
 FAST = ["--runs", "3", "--batch-size", "4", "--train-batch-size", "4"]
@@ -89,7 +89,7 @@ def test_benchmark_function_dataset_shape_and_mfu():
     ],
 )
 def test_peak_table(name, peak):
-    assert bench.peak_tflops_for(name) == peak
+    assert workload.peak_tflops_for(name) == peak
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_timed_step_is_the_engines_train_step(train_steps):
         model,
         (3, 16, 16),
         num_classes=10,
-        augment=bench.RECIPE_AUGMENT,
+        augment=workload.RECIPE_AUGMENT,
         batch_size=4,
         steps=3,
         warmup=2,
@@ -128,11 +128,11 @@ def test_timed_step_is_the_engines_train_step(train_steps):
     )
     trainer = train_steps.check(5, SCHEDULED)  # warm-up steps included
     assert trainer.model is model
-    assert trainer.steps_per_epoch == bench.RECIPE_TRAIN_IMAGES // 4
+    assert trainer.steps_per_epoch == workload.RECIPE_TRAIN_IMAGES // 4
 
 
 def test_analysis_bench_times_the_engines_train_step(train_steps):
-    from analysis.shp.bench import FULL_TRAIN, time_training
+    from analysis.bench.shp import FULL_TRAIN, time_training
 
     cfg = TrainConfig().replace(
         **{

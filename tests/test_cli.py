@@ -10,14 +10,14 @@ import pytest
 # module whose main(argv) is the command (as `python -m ...` runs it) -> its required arguments
 COMMANDS = {
     "cct.train": [],
-    "cct.bench": ["--variant", "cct_2_3x2_32"],
+    "cct.perf.bench": ["--variant", "cct_2_3x2_32"],
     "cct.data.__main__": ["digits"],
     "cct.data.preview": ["--out", "x.png"],
-    "cct.perf.suite": [],
+    "cct.perf.suite.rows": [],
     "orchestrator.sweep": [],
-    "orchestrator.overhead": ["--out", "bench"],
+    "orchestrator.bench.overhead": ["--out", "bench"],
     "analysis.shp.cli": ["--checkpoint", "ckpt"],
-    "analysis.shp.bench": [],
+    "analysis.bench.shp": [],
     "analysis.committee.cli": ["--experiment", "x"],
     "analysis.report.cli": ["--experiment", "x"],
 }
@@ -35,8 +35,18 @@ def test_a_bad_flag_is_one_error_line_and_exit_2(module, capsys):
     assert "--no-such-flag" in lines[0] and "usage:" not in err + out
 
 
+@pytest.mark.parametrize("module", sorted(m for m, required in COMMANDS.items() if required))
+def test_an_unknown_flag_is_named_before_a_missing_required_one(module, capsys):
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as e:
+        main(["--no-such-flag"])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--no-such-flag" in lines[0], lines
+
+
 def test_the_perf_worker_refuses_to_run_alone(capsys):
-    from cct.perf.sharing import main
+    from cct.perf.suite.sharing import main
 
     with pytest.raises(SystemExit) as e:
         main(["--no-such-flag"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.compute import (
+from orchestrator.cost import (
     COST,
     CPU_HOURS,
     GPU_HOURS,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from orchestrator import console
-from orchestrator.console import StatusTable, format_table
+from orchestrator import callbacks
+from orchestrator.callbacks import StatusTable
+from orchestrator.console import format_table
 
 
 def _trial(trial_id, status, heads, last=None):
@@ -40,7 +41,7 @@ def test_a_result_is_shown_before_tune_stores_it_and_the_table_comes_at_most_eve
     monkeypatch, capsys
 ):
     now = [100.0]
-    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
     table = StatusTable(["model.num_heads"], epochs=10, every_s=30)
     a = _trial("a", "RUNNING", 2)  # Tune has not yet set last_result
     table.on_trial_result(1, [a], a, {"epoch": 1, "val_accuracy": 0.25, "epoch_seconds": 2.0})

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cct import dist
-from orchestrator import worker
-from orchestrator.worker import GpuUnusable, assigned_device, simulated_gpus
+from orchestrator.worker import loop as worker
+from orchestrator.worker.loop import GpuUnusable, assigned_device, simulated_gpus
 
 
 @pytest.fixture

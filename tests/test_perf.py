@@ -13,21 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from cct.bench import RECIPE_AUGMENT, RECIPE_TRAIN_IMAGES
 from cct.config import OptimConfig
 from cct.data.augment import AugmentSpec
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
 from cct.measure import count_params
 from cct.models import create_model
 from cct.models.layers import Attention, fused_attention
-from cct.perf import suite
-from cct.perf.cases import CASES, NUM_CLASSES, our_training_step, random_data
-from cct.perf.reference_data import Mixup, make_loader
-from cct.perf.reference_model import ExplicitAttention, reference_model
+from cct.perf.reference.data import Mixup, make_loader
+from cct.perf.reference.model import ExplicitAttention, reference_model
 from cct.perf.report import make_row, merge_rows, render_markdown, run_info
-from cct.perf.steps import ours_step
-from orchestrator.overhead import overhead_row, trial_overheads
-from orchestrator.phases import Marks, gaps
+from cct.perf.suite import rows as suite
+from cct.perf.suite.cases import CASES, NUM_CLASSES, our_training_step, random_data
+from cct.perf.suite.steps import ours_step
+from cct.perf.workload import RECIPE_AUGMENT, RECIPE_TRAIN_IMAGES
+from orchestrator.bench.overhead import overhead_row, trial_overheads
+from orchestrator.phase_marks import Marks, gaps
 
 GOLDEN = {"cct_7_3x1_32": 3_760_139, "cct_7_3x2_32": 3_853_259}
 

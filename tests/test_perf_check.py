@@ -12,11 +12,12 @@ import sys
 import pytest
 import torch
 
-from cct.bench import peak_tflops_for
 from cct.models import create_model
-from cct.perf import check, check_cases
-from cct.perf.gpu import STANDIN_ENV, CpuStandIn
-from cct.perf.suite import main as perf_main
+from cct.perf.check import cases as check_cases
+from cct.perf.check import run as check
+from cct.perf.check.gpu import STANDIN_ENV, CpuStandIn
+from cct.perf.suite.rows import main as perf_main
+from cct.perf.workload import peak_tflops_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,7 +112,7 @@ def test_shp_row_read_off_the_analysis_bench_json():
 
 def test_the_analysis_bench_needs_no_mlflow_ray_or_optuna():
     code = (
-        "import sys, analysis.shp.bench, cct.perf.check; "
+        "import sys, analysis.bench.shp, cct.perf.check.run; "
         "print(sorted(m for m in ('mlflow', 'ray', 'optuna') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

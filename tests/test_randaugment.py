@@ -1,7 +1,7 @@
 """RandAugment and RandomResizedCrop on the device against Pillow, the library timm's
 RandAugment and RandomResizedCropAndInterpolation call, image by image.
 
-The reference (cct/perf/reference_randaugment.py) is timm's op definitions (auto_augment.py):
+The reference (cct/perf/reference/randaugment.py) is timm's op definitions (auto_augment.py):
 ImageOps, ImageEnhance and Image.transform / Image.rotate with the same arguments. Every op is
 exact except Rotate, where torch's float64 sin/cos can differ from libm's by an ulp and move
 one sample across a truncation boundary: at most 1 grey level, in under 0.1 % of pixels.
@@ -26,8 +26,8 @@ from cct.data import resized_crop as rc
 from cct.data.augment import AugmentSpec, DeviceAugment, recipe_augment, resolve_augment
 from cct.data.loader import _resize
 from cct.data.sources import read_digits, read_synthetic
-from cct.perf.reference_randaugment import pillow_op as reference_op
-from cct.perf.reference_randaugment import timm_argument
+from cct.perf.reference.randaugment import pillow_op as reference_op
+from cct.perf.reference.randaugment import timm_argument
 
 FILL = (129, 124, 112)  # CIFAR-100 mean x 255, what timm fills with
 

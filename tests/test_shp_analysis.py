@@ -97,18 +97,10 @@ def planted_problem(per_label_train=20, per_label_val=10, seed=0):
 def test_planted_heads_yield_exactly_their_clusters_with_zero_noise(tmp_path, pooling, fit, andc):
     extract, data = planted_problem()
     layout = BlockUnits(0, "transformer", "head", H * DH, DH)
-    opts = ShpOptions(andc=andc, plots=False, faithful=FaithfulRecipe(epochs=60))
-    summary = analyze_features(
-        extract,
-        [layout],
-        data,
-        units="heads",
-        pooling=pooling,
-        fit=fit,
-        threshold=0.3,
-        out_dir=tmp_path,
-        options=opts,
+    opts = ShpOptions(
+        pooling=pooling, fit=fit, andc=andc, plots=False, faithful=FaithfulRecipe(epochs=60)
     )
+    summary = analyze_features(extract, [layout], data, out_dir=tmp_path, options=opts)
     (b,) = summary["blocks"]
     z = np.load(tmp_path / "block_0.npz")
     sets = planted_sets()
@@ -177,7 +169,11 @@ FAST = ShpOptions(plots=False, andc_iters=10)
 def test_per_unit_fields_add_up_to_the_readout_logits(tmp_path, synthetic, pooling):
     model = small_model(synthetic)
     summary = analyze_model(
-        model, synthetic, blocks="all", pooling=pooling, out_dir=tmp_path, options=FAST
+        model,
+        synthetic,
+        blocks="all",
+        out_dir=tmp_path,
+        options=dataclasses.replace(FAST, pooling=pooling),
     )
     assert [b["kind"] for b in summary["blocks"]] == ["conv", "transformer", "transformer"]
     for b in summary["blocks"]:
@@ -213,14 +209,14 @@ def test_the_analysis_shows_its_progress_block_by_block(tmp_path, synthetic, mon
 
 def test_seqpool_streams_token_features_when_they_do_not_fit(tmp_path, synthetic):
     model = small_model(synthetic)
-    kw = dict(blocks=[1, 2], pooling="seqpool", fit="fast")
-    cached = analyze_model(model, synthetic, out_dir=tmp_path / "a", options=FAST, **kw)
+    seqpool = dataclasses.replace(FAST, pooling="seqpool", fit="fast")
+    cached = analyze_model(model, synthetic, blocks=[1, 2], out_dir=tmp_path / "a", options=seqpool)
     streamed = analyze_model(
         model,
         synthetic,
+        blocks=[1, 2],
         out_dir=tmp_path / "b",
-        options=dataclasses.replace(FAST, token_cache_bytes=0),
-        **kw,
+        options=dataclasses.replace(seqpool, token_cache_bytes=0),
     )
     assert cached["seqpool_tokens"] == "cached" and streamed["seqpool_tokens"] == "streamed"
     for a, b in zip(cached["blocks"], streamed["blocks"]):  # same batches, same order: close
@@ -229,9 +225,16 @@ def test_seqpool_streams_token_features_when_they_do_not_fit(tmp_path, synthetic
 
 def test_units_nodes_and_heads_agree_when_a_head_has_one_node(tmp_path, synthetic):
     model = small_model(synthetic, head_dim=1, num_heads=6)
-    kw = dict(blocks=[1, 2], pooling="mean", fit="fast", options=FAST)
-    heads = analyze_model(model, synthetic, units="heads", out_dir=tmp_path / "h", **kw)
-    nodes = analyze_model(model, synthetic, units="nodes", out_dir=tmp_path / "n", **kw)
+    heads, nodes = (
+        analyze_model(
+            model,
+            synthetic,
+            blocks=[1, 2],
+            out_dir=tmp_path / units,
+            options=dataclasses.replace(FAST, units=units),
+        )
+        for units in ("heads", "nodes")
+    )
     for bh, bn in zip(heads["blocks"], nodes["blocks"]):
         assert (bh["unit"], bn["unit"]) == ("head", "node")
         assert bh["num_units"] == bn["num_units"] == 6
@@ -245,7 +248,8 @@ def test_units_nodes_and_heads_agree_when_a_head_has_one_node(tmp_path, syntheti
 
 def test_conv_blocks_are_analysed_per_filter_and_ff_units_are_nodes(tmp_path, synthetic):
     model = small_model(synthetic)
-    s = analyze_model(model, synthetic, blocks=[0, 2], units="ff", out_dir=tmp_path, options=FAST)
+    ff = dataclasses.replace(FAST, units="ff")
+    s = analyze_model(model, synthetic, blocks=[0, 2], out_dir=tmp_path, options=ff)
     conv, tr = s["blocks"]
     assert (conv["kind"], conv["unit"], conv["num_units"], conv["unit_size"]) == (
         "conv",
@@ -268,5 +272,6 @@ def test_block_choice_none_and_out_of_range(tmp_path, synthetic):
     with pytest.raises(AnalysisError, match="3 blocks"):
         analyze_model(model, synthetic, blocks=[3], out_dir=tmp_path, options=FAST)
     with pytest.raises(AnalysisError, match="units"):
-        analyze_model(model, synthetic, units="filters", out_dir=tmp_path, options=FAST)
+        bad = dataclasses.replace(FAST, units="filters")
+        analyze_model(model, synthetic, out_dir=tmp_path, options=bad)
     assert model.training is False

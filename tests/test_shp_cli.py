@@ -154,20 +154,17 @@ def test_run_id_round_trip_through_a_sqlite_store(checkpoint, tmp_path):
 
 
 def test_sweep_hook_analyze_checkpoint_then_log_with_a_client(checkpoint, tmp_path):
-    # the call the sweep worker makes at the end of a trial (orchestrator/worker.py)
+    # the call the sweep worker makes at the end of a trial (orchestrator/worker/loop.py)
     from mlflow.tracking import MlflowClient
 
-    from analysis.shp import analyze_checkpoint, log_to_mlflow
+    from analysis.shp import ShpOptions, analyze_checkpoint, log_to_mlflow
 
     out = tmp_path / "shp"
     summary = analyze_checkpoint(
         checkpoint,
         out_dir=out,
         blocks=(1,),
-        units="heads",
-        pooling="mean",
-        fit="fast",
-        threshold=0.3,
+        options=ShpOptions(units="heads", pooling="mean", fit="fast", threshold=0.3),
     )
     assert [b["block"] for b in summary["blocks"]] == [1]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -191,3 +188,13 @@ def test_analysis_never_imports_ray():
         [sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_missing_checkpoint_is_named_as_missing(tmp_path, capsys):
+    from analysis.shp.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(tmp_path / "nope.pth")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --checkpoint {tmp_path / 'nope.pth'}: no such file or folder", err

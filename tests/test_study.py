@@ -17,16 +17,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from analysis import runs
-from orchestrator.search_space import TRIAL_ATTR, make_searcher, param_space
+from orchestrator.callbacks import StudyRecorder
 from orchestrator.study import (
     WARM_ATTR,
-    StudyRecorder,
     WarmStartError,
     find_warm_start,
     journal_path,
     new_study_place,
     prepare_study,
 )
+from orchestrator.tune_objects import TRIAL_ATTR, make_searcher, param_space
 from search_spaces import load_spec
 
 SPACE = """

@@ -275,7 +275,7 @@ def test_large_spaces_are_checked_at_their_extremes():
 def test_ranges_are_read_off_the_fields():
     # One statement of each range: the field's metadata. The validator refuses just outside
     # it and accepts just inside, for base values and searched values alike.
-    from cct.config import field_ranges
+    from cct.typed_reader import field_ranges
 
     ranges = field_ranges(TrainConfig)
     assert str(ranges["optim.lr"]) == "(0, inf)" and str(ranges["model.dropout"]) == "[0, 1)"
@@ -309,7 +309,7 @@ def test_sections_left_out_take_the_dataclass_defaults():
 def test_one_reader_for_the_train_config_and_the_sweep_base():
     # cct.config.read_fields reads both: the same bad key gives the same message, the sweep
     # file's under `base.`; each problem keeps its key and the value given.
-    from cct.config import Problem, read_fields
+    from cct.typed_reader import Problem, read_fields
 
     bad = {"optim": {"lrr": 0.1, "batch_size": 64.5}, "model": {"depth": "x"}}
     with pytest.raises(ConfigError) as e:

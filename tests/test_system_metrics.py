@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import system_metrics as sm
+from orchestrator.worker import system_metrics as sm
 from search_spaces import SpecError, SystemMetricsSpec, load_spec
 
 NODE = "a1b2c3d4" + "e" * 48  # a 56-hex-digit Ray node id
@@ -256,7 +256,7 @@ def test_the_sweep_file_switch():
 
 
 def test_the_overhead_benchmark_runs_and_writes_its_row(tmp_path, capsys):
-    from orchestrator.system_metrics_bench import main
+    from orchestrator.bench.system_metrics import main
 
     argv = ["--interval-s", "1", "--block-s", "0.2", "--repeats", "1", "--samples", "3"]
     assert main([*argv, "--out", str(tmp_path)]) == 0

@@ -13,7 +13,6 @@ from analysis import runs as contract
 from cct.config import TrainConfig
 from cct.data import load_dataset
 from cct.engine import fit
-from orchestrator import worker
 from orchestrator.sweep import resume_command
 from orchestrator.tracking import (
     RunTracker,
@@ -23,6 +22,7 @@ from orchestrator.tracking import (
     mark_interrupted,
     reopen,
 )
+from orchestrator.worker import callbacks as worker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

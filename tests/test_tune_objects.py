@@ -12,7 +12,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
-from orchestrator.search_space import (
+from orchestrator.tune_objects import (
     BudgetAwareOptunaSearch,
     describe_param_space,
     make_scheduler,
@@ -23,7 +23,7 @@ from search_spaces import count_trials, load_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = (
-    'python -c "import json; from orchestrator.search_space import *; from search_spaces import'
+    'python -c "import json; from orchestrator.tune_objects import *; from search_spaces import'
     " load_spec; print(json.dumps(describe_param_space(param_space(load_spec('{name}'))),"
     ' indent=2))" > tests/golden/param_space_{name}.json  # then review the diff by eye'
 )
@@ -181,7 +181,7 @@ def test_pruned_state_survives_save_and_restore(tmp_path):
 
 
 def test_a_trial_that_failed_for_good_is_told_fail():
-    # orchestrator.worker's one report of a diverged trial: objectives NaN, the reason
+    # orchestrator.worker.loop's one report of a diverged trial: objectives NaN, the reason
     s = _tpe_with_asha()
     s.suggest("nan")
     record = {"val_accuracy": float("nan"), "failure_reason": "diverged"}

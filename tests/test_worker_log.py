@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from orchestrator.worker_log import kept_output, log_name
+from orchestrator.worker.log import kept_output, log_name
 
 
 def test_prints_and_logging_handlers_reach_the_file_once_and_the_old_streams(tmp_path, capsys):

@@ -27,7 +27,7 @@ from analysis.committee.mlflow_run import (
     sweep_candidates,
 )
 from analysis.committee.output import PLOT_NAME, committee_json, format_table, plot_curve
-from analysis.committee.select import DIVERSITY_TERMS, CommitteeError
+from analysis.committee.select import DIVERSITY_TERMS, CommitteeError, TooFewCandidates
 from analysis.runs import (
     COMMITTEE_JSON,
     SWEEP_TAG,
@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     diversity=diversity,
                     combine_how=args.combine,
                 )
+        except TooFewCandidates as e:
+            fail(f"{e}: raise --tolerance or use --size {e.found}" if e.found else str(e))
         except (CommitteeError, RunLookupError) as e:
             fail(str(e))
         report = measure(candidates, selection, diversity, args.combine)

@@ -122,6 +122,7 @@ def committee_json(report: Report, context: dict[str, Any]) -> dict[str, Any]:
 
 def plot_curve(report: Report, path: Path) -> None:
     """Committee validation accuracy against size, plus the final committee on test."""
+    # deferred: matplotlib (about 1.4 s) loads only to draw, after choosing the Agg backend
     import matplotlib
 
     matplotlib.use("Agg")

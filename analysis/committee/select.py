@@ -52,6 +52,17 @@ class CommitteeError(Exception):
     """Bad input for a committee; the message names the run or value (CLI: exit 2)."""
 
 
+class TooFewCandidates(CommitteeError):
+    """Fewer models within the tolerance of the best than the committee needs."""
+
+    def __init__(self, found: int, need: int, tolerance: float, best: float, run_id: str) -> None:
+        super().__init__(
+            f"{found} candidate(s) within {100 * tolerance:.2f} points of the best validation "
+            f"accuracy {100 * best:.2f}% ({run_id}); need {need}"
+        )
+        self.found, self.need = found, need
+
+
 @dataclass(frozen=True)
 class ValView:
     """The validation-only face of a candidate: all a selector ever receives."""
@@ -115,7 +126,7 @@ def combine(logits_list: Sequence[np.ndarray], how: Combine = "probs") -> np.nda
         return np.mean([softmax(x) for x in logits_list], axis=0)
     if how == "logits":
         return np.mean([x.astype(np.float64) for x in logits_list], axis=0)
-    raise CommitteeError(f"--combine {how!r}: choose probs or logits")
+    raise CommitteeError(f"combine {how!r}: choose probs or logits")
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -214,7 +225,7 @@ def diversity_matrices(views: Sequence[ValView], terms: Sequence[str]) -> dict[s
     unknown = sorted(set(terms) - set(DIVERSITY_TERMS))
     if unknown:
         raise CommitteeError(
-            f"--diversity {','.join(unknown)}: choose from {', '.join(DIVERSITY_TERMS)}"
+            f"diversity terms {','.join(unknown)}: choose from {', '.join(DIVERSITY_TERMS)}"
         )
     makers = {
         "architecture": lambda: architecture_distance([v.arch for v in views]),
@@ -274,9 +285,9 @@ def select(
     if not views:
         raise CommitteeError("no candidate runs")
     if size is not None and size < 1:
-        raise CommitteeError(f"--size {size}: must be >= 1")
+        raise CommitteeError(f"size {size}: must be >= 1")
     if size is None and max_size < 2:
-        raise CommitteeError(f"--max-size {max_size}: must be >= 2")
+        raise CommitteeError(f"max_size {max_size}: must be >= 2")
     accs = [accuracy(v.val_logits, v.val_labels) for v in views]
     best = int(np.argmax(accs))  # first maximum: ties go to the earlier candidate
     n_val = len(views[best].val_labels)
@@ -284,11 +295,7 @@ def select(
     pool = [i for i, a in enumerate(accs) if a >= accs[best] - tol - EPS]
     need = size if size is not None else 2
     if len(pool) < need:
-        raise CommitteeError(
-            f"{len(pool)} candidate(s) within {100 * tol:.2f} points of the best validation "
-            f"accuracy {100 * accs[best]:.2f}% ({views[best].run_id}); need {need}: "
-            "raise --tolerance or use --size 1"
-        )
+        raise TooFewCandidates(len(pool), need, tol, accs[best], views[best].run_id)
 
     sub = [views[i] for i in pool]  # terms are scaled over the candidates only
     raw = diversity_matrices(sub, diversity)

@@ -102,11 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.faithful_epochs is not None and args.faithful_epochs < 0):
         fail("--batch-size must be >= 1 and --faithful-epochs >= 0")
     device = _device(args.device)
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        fail(f"--checkpoint {args.checkpoint}: no such file or folder")
     authors = args.checkpoint is not None and args.checkpoint.is_file()
     if not authors and (args.variant or args.num_classes or args.dataset):
         fail("--variant/--num-classes/--dataset: only for a state dict file in the authors' layout")
     heldout = args.heldout or ("test" if authors else "val")
     options = ShpOptions(
+        units=args.units,
+        pooling=args.pooling,
+        fit=args.fit,
+        threshold=args.threshold,
         heldout=heldout,
         andc=args.andc,
         batch_size=args.batch_size,
@@ -118,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             options, faithful=dataclasses.replace(options.faithful, epochs=args.faithful_epochs)
         )
 
-    # imported here so `--help` and argument errors stay fast
+    # deferred: the pipeline, torch and mlflow load after the arguments are checked
     from mlflow.exceptions import MlflowException
 
+    # deferred: the pipeline, torch and mlflow load after the arguments are checked
     from analysis.shp.pipeline import analyze_checkpoint
     from cct.config import ConfigError
     from cct.data import DatasetError
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="shp-ckpt-") as tmp:
         try:
             if args.run_id:
+                # deferred: the pipeline, torch and mlflow load after the arguments are checked
                 from analysis.shp.mlflow_io import download_checkpoint
 
                 path = download_checkpoint(args.run_id, Path(tmp), args.tracking_uri)
@@ -141,14 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                 path,
                 out_dir=args.out,
                 blocks=blocks,
-                units=args.units,
-                pooling=args.pooling,
-                fit=args.fit,
-                threshold=args.threshold,
                 device=device,
                 options=options,
             )
             if args.run_id:
+                # deferred: the pipeline, torch and mlflow load after the arguments are checked
                 from analysis.shp.mlflow_io import log_to_mlflow
 
                 log_to_mlflow(summary, args.out, args.run_id, tracking_uri=args.tracking_uri)
@@ -168,8 +173,10 @@ AUTHORS_NOTE = (
 def _analyse_authors(args, blocks, device: torch.device, options: ShpOptions) -> dict:
     """The analysis of a state dict in the authors' layout; the summary says where the
     checkpoint came from and which split the matrices were made on."""
+    # deferred: the pipeline, torch and mlflow load after the arguments are checked
     import json
 
+    # deferred: the pipeline, torch and mlflow load after the arguments are checked
     from analysis.shp.pipeline import analyze_model, jsonable
     from cct.config import ConfigError, DataConfig
     from cct.data import DatasetError, load_dataset
@@ -188,10 +195,8 @@ def _analyse_authors(args, blocks, device: torch.device, options: ShpOptions) ->
                 f"--dataset {dataset}: {data.num_classes} classes, the checkpoint has {loaded.num_classes}"
             )
         summary = analyze_model(
-            loaded.model.to(device), data, blocks=blocks, units=args.units,
-            pooling=args.pooling, fit=args.fit, threshold=args.threshold, out_dir=args.out,
-            options=options,
-        )  # fmt: skip
+            loaded.model.to(device), data, blocks=blocks, out_dir=args.out, options=options
+        )
     except (AuthorsCheckpointError, AnalysisError, ConfigError, DatasetError) as e:
         fail(str(e))
     note = f"{AUTHORS_NOTE}; analysed on {options.heldout}"

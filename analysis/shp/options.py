@@ -1,5 +1,6 @@
-"""Options of the SHP analysis beyond the main choices (blocks, units, pooling, fit,
-threshold); the defaults follow SPEC section 4."""
+"""The settings of the SHP analysis of one model, all in one place: the main choices a sweep
+file's `analysis:` section names (units, pooling, fit, threshold) and the finer ones; the
+defaults follow SPEC section 4. Which blocks to analyse is asked of each call."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from analysis.shp.readout import FaithfulRecipe, FastRecipe
+from cct.config import SHP_THRESHOLD, ShpFit, ShpPooling, ShpUnits
 
 
 @dataclass(frozen=True)
 class ShpOptions:
-    """Everything beyond the main choices; the defaults follow SPEC section 4."""
+    """How to analyse a model; the defaults follow SPEC section 4."""
+
+    units: ShpUnits = "heads"  # a head's slice of the attention output, single nodes, or FF
+    pooling: ShpPooling = "mean"  # the readout's pooling over tokens (mean: exactly linear)
+    fit: ShpFit = "fast"  # the readout fit: cached features (fast) or the group's recipe
+    threshold: float = SHP_THRESHOLD  # binarisation of the normalised field matrices
 
     # The matrices come from the validation split by default: committee selection reads
     # the head label sets and must never see test data (SPEC 6). "test" as in the papers.

@@ -1,7 +1,7 @@
 """The SHP/SNP analysis of one trained model, end to end (SPEC section 4).
 
-    analyze_model(model, data, blocks=..., units=..., out_dir=...)  -> summary dict
-    analyze_checkpoint(checkpoint_folder, out_dir=..., blocks=..., ...)  -> summary dict
+    analyze_model(model, data, blocks=..., out_dir=..., options=ShpOptions(...))  -> summary
+    analyze_checkpoint(checkpoint_folder, out_dir=..., blocks=..., options=...)  -> summary
 
 1. train pass   — the frozen network runs once over the training set for all analysed
                   blocks; mean-pooled features stay on the device (and, for seqpool, the
@@ -54,7 +54,6 @@ from analysis.shp.features import (
     AnalysisError,
     BlockUnits,
     Extractor,
-    Units,
     block_units,
     model_extractor,
     resolve_blocks,
@@ -64,9 +63,9 @@ from analysis.shp.options import ShpOptions
 from analysis.shp.passes import HeldOut, fit_readouts, heldout_pass, sync_time
 from analysis.shp.readout import Fit, Pooling, Readout
 from analysis.shp.stats import cluster_stats, label_sets, overlap_matrix, specialisation
-from cct.checkpoint import unwrap
-from cct.config import SHP_THRESHOLD
-from cct.data import DeviceData
+from cct.checkpoint import load_model, unwrap
+from cct.config import TrainConfig
+from cct.data import DeviceData, load_dataset
 from cct.device import resolve_device, use_bf16
 from cct.models import CCT
 
@@ -78,10 +77,6 @@ def analyze_model(
     data: DeviceData,
     *,
     blocks: str | Sequence[int] = "all",
-    units: Units = "heads",
-    pooling: Pooling = "mean",
-    fit: Fit = "fast",
-    threshold: float = SHP_THRESHOLD,
     out_dir: Path,
     options: ShpOptions | None = None,
 ) -> dict[str, Any]:
@@ -90,10 +85,9 @@ def analyze_model(
     is put in eval mode for the analysis and restored afterwards."""
     model = unwrap(model)
     options = options or ShpOptions()
-    if units not in UNITS:
-        raise AnalysisError(f"units={units!r}: choose from {', '.join(UNITS)}")
+    _check_choices(options)
     chosen = resolve_blocks(model, blocks if isinstance(blocks, str) else list(blocks))
-    layouts = [block_units(model, b, units) for b in chosen]
+    layouts = [block_units(model, b, options.units) for b in chosen]
     dev = data.train_x.device
     model_dev = next(model.parameters()).device
     if model_dev != dev:
@@ -103,17 +97,7 @@ def analyze_model(
     model.eval()  # no dropout, no drop-path, BatchNorm running statistics
     try:
         extract = model_extractor(model, layouts, bf16) if layouts else None
-        return analyze_features(
-            extract,
-            layouts,
-            data,
-            units=units,
-            pooling=pooling,
-            fit=fit,
-            threshold=threshold,
-            out_dir=out_dir,
-            options=options,
-        )
+        return analyze_features(extract, layouts, data, out_dir=out_dir, options=options)
     finally:
         model.train(was_training)
 
@@ -123,10 +107,6 @@ def analyze_checkpoint(
     *,
     out_dir: Path,
     blocks: str | Sequence[int] = "all",
-    units: Units = "heads",
-    pooling: Pooling = "mean",
-    fit: Fit = "fast",
-    threshold: float = SHP_THRESHOLD,
     device: str | torch.device = "auto",
     options: ShpOptions | None = None,
     data: DeviceData | None = None,
@@ -135,9 +115,6 @@ def analyze_checkpoint(
     the dataset its config names (same split seed, so the same held-out images), unless
     `data` is that dataset already on `device` (the training run's own copy).
     device "auto" is the current CUDA device when there is one, else the CPU."""
-    from cct.checkpoint import load_model
-    from cct.config import TrainConfig
-    from cct.data import load_dataset
 
     device = resolve_device(device, with_index=True)
     checkpoint = Path(checkpoint)
@@ -146,22 +123,11 @@ def analyze_checkpoint(
             f"{checkpoint}: not a checkpoint folder (needs model.json and model.pt)"
         )
     model, description = load_model(checkpoint, map_location=device)
-    if units not in UNITS:
-        raise AnalysisError(f"units={units!r}: choose from {', '.join(UNITS)}")
+    _check_choices(options or ShpOptions())
     resolve_blocks(model, blocks if isinstance(blocks, str) else list(blocks))  # before data
     if data is None:
         data = load_dataset(TrainConfig.from_dict(description["config"]).data, device)
-    return analyze_model(
-        model.to(device),
-        data,
-        blocks=blocks,
-        units=units,
-        pooling=pooling,
-        fit=fit,
-        threshold=threshold,
-        out_dir=out_dir,
-        options=options,
-    )
+    return analyze_model(model.to(device), data, blocks=blocks, out_dir=out_dir, options=options)
 
 
 def analyze_features(
@@ -169,33 +135,17 @@ def analyze_features(
     layouts: list[BlockUnits],
     data: DeviceData,
     *,
-    units: str,
-    pooling: Pooling,
-    fit: Fit,
-    threshold: float,
     out_dir: Path,
     options: ShpOptions,
 ) -> dict[str, Any]:
     """The pipeline on any Extractor: see the module docstring."""
-    _check_choices(pooling, fit, threshold, options)
+    _check_choices(options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     held_x, held_y = (
         (data.val_x, data.val_y) if options.heldout == "val" else (data.test_x, data.test_y)
     )
-    summary: dict[str, Any] = {
-        "units": units,
-        "pooling": pooling,
-        "fit": fit,
-        "threshold": threshold,
-        "heldout": options.heldout,
-        "andc_rule": options.andc,
-        "num_classes": data.num_classes,
-        "n_train": int(data.train_y.shape[0]),
-        "n_heldout": int(held_y.shape[0]),
-        "options": dataclasses.asdict(options),
-        "blocks": [],
-    }
+    summary = _settings(data, held_y, options)
     if not layouts:
         summary = jsonable(summary)
         _write_json(out_dir / "summary.json", summary)
@@ -212,7 +162,7 @@ def analyze_features(
         t = time.perf_counter()
         ticks.set_postfix_str("training features and readouts")
         readouts, train_pooled = fit_readouts(
-            extract, layouts, data, pooling, fit, options, summary
+            extract, layouts, data, options.pooling, options.fit, options, summary
         )
         ticks.update()
         t1 = time.perf_counter()
@@ -230,7 +180,6 @@ def analyze_features(
                 held,
                 train_pooled[lay.block],
                 data,
-                threshold,
                 options,
                 out_dir,
             )
@@ -239,6 +188,7 @@ def analyze_features(
             ticks.update()
         seconds["analysis"] = sync_time(t)
         if options.plots:
+            # deferred: matplotlib (about 1.4 s) only when plots are asked for
             from analysis.shp.plots import plot_blocks  # matplotlib only when drawing
 
             ticks.set_postfix_str("plots")
@@ -261,7 +211,6 @@ def _analyse_block(
     held: HeldOut,
     train_pooled: Tensor,
     data: DeviceData,
-    threshold: float,
     options: ShpOptions,
     out_dir: Path,
 ) -> dict[str, Any]:
@@ -275,7 +224,7 @@ def _analyse_block(
 
     f = fields.cpu().numpy()
     normalized = normalize(f)
-    binary = binarize(normalized, threshold)
+    binary = binarize(normalized, options.threshold)
     clusters = [find_clusters(m) for m in binary]
     sets = label_sets(binary)
 
@@ -306,7 +255,7 @@ def _analyse_block(
         "label_counts": held.counts.cpu().numpy(),
     }
     if options.andc != "none":
-        report, mask, pruned_w = _andc(lay, weight, held, train_pooled, data, threshold, options)
+        report, mask, pruned_w = _andc(lay, weight, held, train_pooled, data, options)
         entry["andc"] = {"rule": options.andc, **report}
         arrays["andc_mask"] = mask
         arrays["andc_weight"] = pruned_w.cpu().numpy().astype(np.float32)
@@ -314,7 +263,7 @@ def _analyse_block(
     np.savez_compressed(out_dir / f"block_{b}.npz", **arrays)
     if options.plots:
         title = f"block {b} ({lay.kind}), {lay.unit}s, readout acc {acc:.3f}"
-        _plot_block(lay, normalized, binary, title, threshold, options, out_dir)
+        _plot_block(lay, normalized, binary, title, options, out_dir)
     return entry
 
 
@@ -324,7 +273,6 @@ def _andc(
     held: HeldOut,
     train_pooled: Tensor,
     data: DeviceData,
-    threshold: float,
     options: ShpOptions,
 ) -> tuple[dict[str, Any], np.ndarray, Tensor]:
     """ANDC with its mask chosen on one half of the held-out images (each node's own
@@ -334,10 +282,10 @@ def _andc(
     choose, judge = split_halves(len(held.y), options.seed, pooled.device)
     class_pooled = class_means(pooled[choose], held.y[choose], K)
     if options.andc == "diagonal":
-        mask = andc_mask(node_label_sets(weight, class_pooled, threshold))
+        mask = andc_mask(node_label_sets(weight, class_pooled, options.threshold))
     else:
         f = unit_fields(weight, class_pooled, lay.unit_size).cpu().numpy()
-        mask = andc_mask(label_sets(binarize(normalize(f), threshold)), lay.unit_size)
+        mask = andc_mask(label_sets(binarize(normalize(f), options.threshold)), lay.unit_size)
     report, pruned_w = andc_prune(
         weight,
         mask,
@@ -357,17 +305,17 @@ def _plot_block(
     normalized: np.ndarray,
     binary: np.ndarray,
     title: str,
-    threshold: float,
     options: ShpOptions,
     out_dir: Path,
 ) -> None:
+    # deferred: matplotlib (about 1.4 s) only when plots are asked for
     from analysis.shp.plots import plot_unit_matrices  # matplotlib only when drawing
 
     for name, mats, is_binary in (("normalized", normalized, False), ("binary", binary, True)):
         plot_unit_matrices(
             mats,
             out_dir / f"block_{lay.block}_{name}.png",
-            title=f"{title}: {name}" + (f" (threshold {threshold})" if is_binary else ""),
+            title=f"{title}: {name}" + (f" (threshold {options.threshold})" if is_binary else ""),
             unit_name=lay.unit,
             binary=is_binary,
             max_units=options.max_units_plotted,
@@ -378,10 +326,32 @@ def _plot_block(
 # small helpers
 
 
-def _check_choices(pooling: str, fit: str, threshold: float, options: ShpOptions) -> None:
-    for what, value, choices in (("pooling", pooling, Pooling), ("fit", fit, Fit)):
-        if value not in get_args(choices):
-            raise AnalysisError(f"{what}={value!r}: choose from {', '.join(get_args(choices))}")
+def _settings(data: DeviceData, held_y: Tensor, options: ShpOptions) -> dict[str, Any]:
+    """The head of summary.json: how the analysis was made, on how many images."""
+    return {
+        "units": options.units,
+        "pooling": options.pooling,
+        "fit": options.fit,
+        "threshold": options.threshold,
+        "heldout": options.heldout,
+        "andc_rule": options.andc,
+        "num_classes": data.num_classes,
+        "n_train": int(data.train_y.shape[0]),
+        "n_heldout": int(held_y.shape[0]),
+        "options": dataclasses.asdict(options),
+        "blocks": [],
+    }
+
+
+def _check_choices(options: ShpOptions) -> None:
+    for what, value, choices in (
+        ("units", options.units, UNITS),
+        ("pooling", options.pooling, get_args(Pooling)),
+        ("fit", options.fit, get_args(Fit)),
+    ):
+        if value not in choices:
+            raise AnalysisError(f"{what}={value!r}: choose from {', '.join(choices)}")
+    threshold = options.threshold
     if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise AnalysisError(f"threshold={threshold!r}: must be in (0, 1]")
     if options.heldout not in ("val", "test"):

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cct.config import AugmentConfig, AugmentRecipe, ConfigError, CropKind, read_fields
+from cct.config import AugmentConfig, AugmentRecipe, ConfigError, CropKind
 from cct.data.randaugment import parse_policy, rand_augment
 from cct.data.resized_crop import random_resized_crop
+from cct.typed_reader import read_fields
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def augmented_rows(x: torch.Tensor, y: torch.Tensor, aug: DeviceAugment, seed: i
 
 
 def draw(rows, path: Path, title: str) -> None:
+    # deferred: matplotlib (about 1.4 s) loads only to draw, after choosing the Agg backend
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,6 +19,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import socket
 import tarfile
 import tempfile
@@ -115,6 +116,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     roots = spec.submodule_search_locations if spec is not None else None
     csv = Path(roots[0]) / "datasets" / "data" / "digits.csv.gz" if roots else None
     if csv is None or not csv.is_file():  # another layout: ask scikit-learn itself
+        # deferred: scikit-learn's import (about 3 s) is paid by the digits dataset only
         from sklearn.datasets import load_digits
 
         d = load_digits()
@@ -247,7 +249,6 @@ def extract(name: str, root: Path, archive: str) -> None:
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
 
     shutil.rmtree(path, ignore_errors=True)
 
@@ -314,6 +315,7 @@ def read_cifar(cfg: DataConfig) -> Raw:
 
 
 def _torchvision_cifar(c100: bool, root: Path) -> None:
+    # deferred: optional: torchvision downloads only (the `download` extra)
     import torchvision.datasets as tvd  # lazy: optional, only to download
 
     cls = tvd.CIFAR100 if c100 else tvd.CIFAR10
@@ -325,6 +327,7 @@ def _torchvision_cifar(c100: bool, root: Path) -> None:
 
 
 def _decode_center(data: bytes, size: int) -> np.ndarray:
+    # deferred: optional: Pillow decodes Flowers-102 only
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -412,6 +415,7 @@ def read_flowers(cfg: DataConfig) -> Raw:
     ensure_present(name, root, present, obtain)
 
     try:
+        # deferred: optional: scipy reads Flowers-102's .mat labels only
         from scipy.io import loadmat
 
         labels_mat = loadmat(check_md5(name, root, "flowers-102/imagelabels.mat"))
@@ -437,6 +441,7 @@ def read_flowers(cfg: DataConfig) -> Raw:
 
 
 def _torchvision_flowers(root: Path) -> None:
+    # deferred: optional: torchvision downloads only (the `download` extra)
     import torchvision.datasets as tvd  # lazy: optional, only to download
 
     tvd.Flowers102(str(root), split="train", download=True)

@@ -11,8 +11,10 @@ import dataclasses
 import typing
 from typing import Any
 
-from cct.config import ConfigError, ModelConfig, read_fields
+from cct.config import ConfigError, ModelConfig
 from cct.models.cct import CCT, CCTSettings
+from cct.models.layers import Tokenizer
+from cct.typed_reader import read_fields
 
 _CCT_BASE = dict(
     embed_dim=256,
@@ -124,7 +126,6 @@ def _check(
 
 
 def _check_grid(name: str, s: CCTSettings) -> None:
-    from cct.models.layers import Tokenizer
 
     grid = Tokenizer(
         in_channels=1, embed_dim=1, layers=s.tokenizer_layers, kernel=s.tokenizer_kernel

@@ -1,5 +1,5 @@
 import sys
 
-from cct.perf.suite import main
+from cct.perf.suite.rows import main
 
 sys.exit(main())

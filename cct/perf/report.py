@@ -2,7 +2,7 @@
 markdown table in `bench.md` next to it.
 
 Several commands add rows to one report (`python -m cct.perf`, `python -m analysis.bench
---merge-into`, `python -m orchestrator.overhead --out`): each calls `merge_rows`, which
+--merge-into`, `python -m orchestrator.bench.overhead --out`): each calls `merge_rows`, which
 replaces rows with the same key, keeps the others, records the run (command, machine, load
 average) and re-renders the markdown from the JSON.
 """

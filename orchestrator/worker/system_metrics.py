@@ -227,6 +227,7 @@ def start(
         if uuids:
             try:
                 if nvml is None:
+                    # deferred: optional: NVML only where an NVIDIA driver is
                     import pynvml as nvml  # nvidia-ml-py; imports without a GPU
                 gpus = assigned_gpus(uuids, nvml)
             except Exception as e:  # no driver, a MIG slice: CPU and memory still count

@@ -1,5 +1,5 @@
 """What sampling system metrics costs a CPU training step:
-`python -m orchestrator.system_metrics_bench [--out DIR]`.
+`python -m orchestrator.bench.system_metrics [--out DIR]`.
 
 Times the engine's training step (cct/perf's one trial of a small sweep, `cct_2_3x2_32` on
 32 px random images, batch 64, on one torch thread as Ray gives a 1-CPU worker) in blocks of
@@ -26,11 +26,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cct.cli import OneLineParser, fail
-from cct.perf.cases import SMALL_TRIAL, model_pair, our_training_step, random_data
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
-from cct.perf.steps import Step
+from cct.perf.suite.cases import SMALL_TRIAL, model_pair, our_training_step, random_data
+from cct.perf.suite.steps import Step
 from cct.perf.timing import interleaved, load_average, seconds_per_call
-from orchestrator.system_metrics import Probe, Sampler
+from orchestrator.worker.system_metrics import Probe, Sampler
 from search_spaces import SystemMetricsSpec
 
 BATCH, IMG_SIZE = 64, 32
@@ -87,7 +87,7 @@ def step_ms(step: Step, calls: int, sampler: Sampler | None, walls: list[float])
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(
-        prog="python -m orchestrator.system_metrics_bench", description=__doc__.split("\n")[0]
+        prog="python -m orchestrator.bench.system_metrics", description=__doc__.split("\n")[0]
     )
     p.add_argument("--interval-s", type=float, default=SystemMetricsSpec().interval_s)
     p.add_argument("--block-s", type=float, default=None, help="default: 2 intervals")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             wall_ms_on=wall_on,
             wall_ms_off=wall_off,
         )
-        run = run_info("orchestrator.system_metrics_bench", "cpu (1 thread)", start)
+        run = run_info("orchestrator.bench.system_metrics", "cpu (1 thread)", start)
         merge_rows(args.out / JSON_NAME, [row], run=run)
         print(f"wrote {args.out / JSON_NAME} and {args.out / 'bench.md'}")
     return 0

@@ -1,4 +1,4 @@
-"""The cases of the GPU check (cct/perf/check.py). Each takes the device seam and the sizes,
+"""The cases of the GPU check (cct/perf/check/run.py). Each takes the device seam and the sizes,
 runs one path of the pipeline that only a GPU exercises, and returns a JSON-ready dict:
 `ok` (the path worked), `summary` (the one printed figure) and its figures. Targets (MFU,
 ratios) are reported as met or missed; they never turn a working path into a failure.
@@ -24,7 +24,6 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from cct.bench import RECIPE_AUGMENT, peak_tflops_for
 from cct.checkpoint import load_model, save_checkpoint
 from cct.config import OptimConfig, TrainConfig
 from cct.data import DeviceAugment, load_dataset
@@ -34,8 +33,9 @@ from cct.engine import Trainer, make_trainer
 from cct.measure import count_macs
 from cct.models import create_model
 from cct.optim import make_optimizer, param_groups
-from cct.perf import sharing
-from cct.perf.gpu import Gpu
+from cct.perf.check.gpu import Gpu
+from cct.perf.suite import sharing
+from cct.perf.workload import RECIPE_AUGMENT, peak_tflops_for
 
 VARIANT = "cct_7_3x1_32"
 CIFAR_IMAGES, CIFAR_EPOCHS = 50_000, 300

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,20 +22,19 @@ import ray.train
 import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
-from ray.train import Checkpoint
 
-from analysis.runs import ANALYSIS_LOGGED_TAG, CHECKPOINT_DIR, FAILURE_MESSAGE_TAG, FAILURE_TAG
+from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG
 from cct import dist
 from cct.config import ConfigError, TrainConfig
-from cct.data import DeviceData, load_dataset
+from cct.data import load_dataset
 from cct.engine import OutOfMemoryAtStart, TrainingDiverged, fit
-from orchestrator import system_metrics
 from orchestrator.cluster import this_node_id
-from orchestrator.compute import ComputeClock, Held
-from orchestrator.phases import Marks
+from orchestrator.cost import ComputeClock, Held
+from orchestrator.phase_marks import Marks
 from orchestrator.tracking import NullTracker, RunTracker
-from orchestrator.tune_report import HELD  # the last epoch's report, held back from Tune
-from orchestrator.worker_log import trial_log
+from orchestrator.worker import system_metrics
+from orchestrator.worker.callbacks import RayCallbacks
+from orchestrator.worker.log import trial_log
 
 FAILED = FAILURE_TAG  # in the one report of a trial that failed for good: its reason
 OOM_RETRY_TAG = "oom_retry"  # set when a shared GPU's out-of-memory was retried once
@@ -73,69 +71,6 @@ def assigned_device(gpu_ids: list[str], *, simulated: bool) -> torch.device:
 def simulated_gpus(config: dict[str, Any]) -> bool:
     """Set for the sweep driver (passed in `config`) or in this node's environment."""
     return bool(config.get("simulated_gpus")) or os.environ.get(SIMULATED_GPUS_ENV) == "1"
-
-
-class RayCallbacks:
-    def __init__(
-        self,
-        tracker: NullTracker,
-        analysis: dict[str, Any] | None,
-        data: DeviceData,
-        clock: ComputeClock | None = None,
-        marks: Marks | None = None,
-    ) -> None:
-        self.tracker, self.analysis, self.data, self.clock = tracker, analysis, data, clock
-        self.marks = marks or Marks(time.time())
-        self.last_report: dict[str, Any] = {}
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        self.tracker.log_start(info)
-        # Before any epoch: an attempt that fails in its first one is counted too.
-        self.tracker.log_attempt(int(info["first_epoch"]), this_node_id())
-        self.marks.mark("model_ready")
-
-    def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        # MLflow first: if we die between the two, the epoch is re-run on resume and the
-        # tracker skips it (already logged) instead of leaving a gap.
-        self.tracker.log_epoch(metrics, self.clock.hours() if self.clock else None)
-        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if metrics.get("final"):
-            self.last_report = report
-            report = {**report, HELD: 1}
-        ray.train.report(
-            report, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
-        )
-        self.marks.mark("last_epoch_done" if metrics.get("final") else "first_epoch_done")
-
-    def on_end(self, result: dict[str, Any], artifacts: Path | None) -> None:
-        # The last epoch is checkpointed and reported to Ray Train by now: a crash below
-        # resumes from it without training, and each step skips what it already logged.
-        self.tracker.log_final(result, artifacts)
-        done = isinstance(self.tracker, RunTracker) and (
-            self.tracker.tag(ANALYSIS_LOGGED_TAG) == "true"
-        )
-        if artifacts is not None and self.analysis is not None and not done:
-            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
-        self.marks.mark("final_done")
-        if isinstance(self.tracker, RunTracker):
-            self.marks.log(self.tracker.client, self.tracker.run_id)
-        ray.train.report(self.last_report)  # every rank: now Tune hears the last epoch
-
-
-def run_analysis(
-    tracker: NullTracker, checkpoint: Path, options: dict[str, Any], data: DeviceData
-) -> None:
-    """SHP/SNR analysis of the final model on the training run's own data (already on the
-    device), logged under `shp/` in the trial's run."""
-    from analysis.shp import analyze_checkpoint, log_to_mlflow
-
-    with tempfile.TemporaryDirectory(prefix="shp-") as out:
-        summary = analyze_checkpoint(
-            checkpoint, out_dir=Path(out), data=data, device=data.train_x.device, **options
-        )
-        if isinstance(tracker, RunTracker):
-            log_to_mlflow(summary, Path(out), run_id=tracker.run_id, client=tracker.client)
-            tracker.client.set_tag(tracker.run_id, ANALYSIS_LOGGED_TAG, "true")
 
 
 def report_failure(tracker: NullTracker, reason: str, message: str, objectives: list[str]) -> None:
@@ -194,7 +129,7 @@ def wait_for_memory(config: dict[str, Any]) -> None:
 @contextmanager
 def sampling_system_metrics(config: dict[str, Any], device: torch.device) -> Iterator[None]:
     """This worker's system metrics sampled into the trial's run while the body runs, when
-    the sweep asks for them: every rank, each under its node (orchestrator/system_metrics.py);
+    the sweep asks for them: every rank, each under its node (orchestrator/worker/system_metrics.py);
     the training metrics stay rank 0's."""
     options = config.get("system_metrics")
     sampler = None

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from cct.data.augment import AugmentSpec, recipe_augment
 from cct.data.sources import CIFAR10_MEAN, CIFAR10_STD
-from cct.perf.reference_data import Mixup, SampleTransform, make_loader
-from cct.perf.reference_model import reference_model
-from cct.perf.steps import Step, ours_data_step, ours_step, reference_step
+from cct.perf.reference.data import Mixup, SampleTransform, make_loader
+from cct.perf.reference.model import reference_model
+from cct.perf.suite.steps import Step, ours_data_step, ours_step, reference_step
 
 NUM_CLASSES = 10
 # --quick: every case shrunk to a few-thousand-parameter model on 16 px images.

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cct.bench import RECIPE_TRAIN_IMAGES
 from cct.config import OptimConfig
 from cct.data.augment import AugmentSpec, DeviceAugment
 from cct.device import autocast
 from cct.engine import make_trainer
-from cct.perf.reference_data import Mixup, batches
+from cct.perf.reference.data import Mixup, batches
+from cct.perf.workload import RECIPE_TRAIN_IMAGES
 
 Step = Callable[[], None]
 

@@ -4,7 +4,7 @@ processes (N = 1, 2, 4), for our pipeline and for the reference pipeline.
     python -m cct.perf --only sharing [--share-counts 1,2,4] [--share-seconds 8]
 
 Each process trains one small trial (`cases.SMALL_TRIAL`, batch 128, CIFAR-shaped data).
-The parent starts N workers (`python -m cct.perf.sharing --worker CONFIG`); each builds its
+The parent starts N workers (`python -m cct.perf.suite.sharing --worker CONFIG`); each builds its
 model and data and warms up, prints "ready" and waits; once all are ready the parent tells
 all of them "go" at once, each trains for the same wall time and prints its samples/s. The
 aggregate is their sum.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from cct.cli import fail
-from cct.perf.cases import (
+from cct.perf.suite.cases import (
     SMALL_TRIAL,
     model_pair,
     our_training_step,
@@ -69,7 +69,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def run_group(cfg: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """Start `n` workers of `cfg`, release them together, return their reports."""
-    cmd = [sys.executable, "-m", "cct.perf.sharing", "--worker"]
+    cmd = [sys.executable, "-m", "cct.perf.suite.sharing", "--worker"]
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]  # stderr: never blocks
     procs = [
         subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Size and speed of one variant: `python -m cct.bench --variant NAME [--set model.key=value ...]`.
+"""Size and speed of one variant: `python -m cct.perf.bench --variant NAME [--set model.key=value ...]`.
 
 Reports parameters, MACs both ways (without / with the attention matmuls), batch-1 latency,
 large-batch inference throughput, training samples/s of the engine's own step
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -20,55 +19,15 @@ from typing import Any
 import torch
 
 from cct.cli import OneLineParser, fail
-from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig, parse_override, set_dotted
+from cct.config import ConfigError, DataConfig, OptimConfig, TrainConfig
 from cct.data import DATASETS, AugmentSpec, DeviceAugment
-from cct.data.augment import recipe_augment
 from cct.data.shapes import dataset_shape
 from cct.device import allow_tf32, keep_freed_memory, resolve_device, sync, use_bf16
 from cct.engine import make_trainer
 from cct.measure import count_macs, count_params, device_name, measure_speed
-from cct.models import create_model
-
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor data sheets, matched
-# against torch.cuda.get_device_name in order: the first substring that appears wins.
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, keyed by
-# the words of the name torch reports. A key matches whole words in order, most specific key
-# first: "H200 NVL" is not an H200 SXM, "L40" is not an L4, "A10G" (AWS's A10 variant, fewer
-# tensor-core clocks) is not an A10.
-PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H200 NVL", 835.0),
-    ("H200", 989.0),  # SXM; same tensor cores as H100 SXM, more memory
-    ("GH200", 989.0),
-    ("A100", 312.0),  # SXM and PCIe
-    ("A10G", 70.0),  # the default GPU of ray_cluster.yaml (AWS g5)
-    ("A10", 125.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-]
-
-# The SPEC section 3 recipe (CIFAR): what a sweep trial's step actually pays for.
-RECIPE_AUGMENT = recipe_augment("cct300", 32)  # RandomResizedCrop + RandAugment included
-# The schedule's epoch in a benchmark: CIFAR's 50,000 training images at the timed batch, so
-# the learning rate moves per step as it does in a CIFAR run of the recipe.
-RECIPE_TRAIN_IMAGES = 50_000
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def peak_tflops_for(name: str) -> float | None:
-    """The dense bf16 peak of a CUDA device by its name, or None when it is not in the table."""
-    words = _words(name)
-    for key, tflops in PEAK_BF16_TFLOPS:
-        k = _words(key)
-        if any(words[i : i + len(k)] == k for i in range(len(words) - len(k) + 1)):
-            return tflops
-    return None
+from cct.models import create_model, resolve_settings
+from cct.perf.workload import RECIPE_AUGMENT, RECIPE_TRAIN_IMAGES, peak_tflops_for, utilisation
+from cct.typed_reader import parse_override, set_dotted
 
 
 def time_training(
@@ -202,18 +161,6 @@ def benchmark(
     }
 
 
-def utilisation(batch_macs: int, step_s: float, peak_tflops: float | None) -> dict[str, Any]:
-    """Model TFLOP/s of a training step over `batch_macs` forward MACs, and the MFU against
-    the peak (None without one)."""
-    # Model FLOPs (Chowdhery et al. 2022, PaLM appendix B): backward costs twice the forward.
-    tflops = 3 * 2 * batch_macs / step_s / 1e12
-    return {
-        "model_tflops_per_s": tflops,
-        "peak_tflops": peak_tflops,
-        "mfu": tflops / peak_tflops if peak_tflops else None,
-    }
-
-
 def format_table(r: dict[str, Any]) -> str:
     rows = [
         ("variant", r["variant"] + (f"  {r['overrides']}" if r["overrides"] else "")),
@@ -250,7 +197,7 @@ def parse_overrides(variant: str, sets: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m cct.bench", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m cct.perf.bench", description=__doc__.splitlines()[0])
     p.add_argument("--variant", required=True, help="registered variant, e.g. cct_7_3x1_32")
     p.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
     p.add_argument(
@@ -287,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             shape = {"num_classes": classes, "in_channels": channels, "img_size": size}
             augment = DATASETS[args.dataset].augment(size)
         # Shape errors (unknown variant, impossible widths) before anything is timed.
-        from cct.models import resolve_settings
 
         resolve_settings(args.variant, **shape, **overrides)
         resolve_device(args.device)  # DeviceUnavailable is a ConfigError: one line

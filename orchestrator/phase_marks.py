@@ -4,7 +4,7 @@ trial's MLflow run, in seconds since the trial function was entered (marks befor
 trial actor's process start, are negative). Imports nothing heavy: every process of a trial
 (driver, trial actor, Train controller, workers) may import it.
 
-The marks, in the order a trial passes them (`python -m orchestrator.overhead` prints the
+The marks, in the order a trial passes them (`python -m orchestrator.bench.overhead` prints the
 gaps between them):
 
     actor_process_started   the trial actor's process (Tune) was spawned
@@ -13,7 +13,7 @@ gaps between them):
     fit_called              TorchTrainer built, `fit` called
     worker_process_started  rank 0's process was spawned (controller, placement group
                             and worker actors started by then)
-    worker_imported         orchestrator.worker imported there (torch, mlflow, cct)
+    worker_imported         orchestrator.worker.loop imported there (torch, mlflow, cct)
     worker_entered          the train function entered on rank 0 (process group set up)
     data_ready              the device chosen, the dataset loaded
     model_ready             the model built, its size and latency measured, run tagged
@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import time
 from typing import Any
+
+from mlflow.entities import Metric
 
 PREFIX = "phase."
 ORDER = (
@@ -60,6 +62,7 @@ def metric_name(mark: str) -> str:
 def process_started() -> float | None:
     """This process's start, wall clock; None without psutil (Ray does not require it)."""
     try:
+        # deferred: optional: Ray does not require psutil; the process-start mark is skipped without it
         import psutil
     except ImportError:
         return None
@@ -88,7 +91,6 @@ class Marks:
 
     def log(self, client: Any, run_id: str) -> None:
         """All marks in one MLflow call, each timestamped with its wall-clock time."""
-        from mlflow.entities import Metric
 
         batch = [Metric(metric_name(k), v - self.t0, int(v * 1000), 0) for k, v in self.at.items()]
         client.log_batch(run_id, metrics=batch)

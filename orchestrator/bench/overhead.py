@@ -1,4 +1,4 @@
-"""What Ray costs per trial: `python -m orchestrator.overhead --out DIR`.
+"""What Ray costs per trial: `python -m orchestrator.bench.overhead --out DIR`.
 
 Runs a tiny real sweep (2 trials, one after the other, 1 worker each, 2 epochs on digits,
 no SHP analysis) with `python -m orchestrator.sweep` in a temporary folder, and the same two
@@ -12,7 +12,7 @@ a plain run's from its process start to its exit, and the training time is the s
 engine's per-epoch `epoch_seconds`. Both include the model's size/latency measurement,
 evaluation and checkpointing; the difference between them is what Ray Tune + Ray Train add.
 The row also carries each Ray trial's phase breakdown: the seconds between the marks of
-orchestrator/phases.py, from the trial actor's process start to the driver closing the run.
+orchestrator/phase_marks.py, from the trial actor's process start to the driver closing the run.
 The row is merged into DIR/bench.json and DIR/bench.md (see cct/perf/report.py).
 """
 
@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.tracking import MlflowClient
 
+from analysis.runs import ROLE, TRIAL_ROLE
 from cct.cli import OneLineParser, fail
 from cct.perf.report import JSON_NAME, make_row, merge_rows, run_info
 from cct.perf.timing import load_average
-from orchestrator.phases import ORDER, PREFIX, gaps
+from orchestrator.phase_marks import ORDER, PREFIX, gaps
 
 EPOCHS = 2
 HEADS = (2, 4)  # one trial per head count
@@ -87,9 +89,6 @@ def trial_overheads(runs: list[dict[str, Any]]) -> list[float]:
 
 def read_trial_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     """{start_ms, end_ms, epoch_seconds, phases} of every trial run of the experiment."""
-    from mlflow.tracking import MlflowClient
-
-    from analysis.runs import ROLE, TRIAL_ROLE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -200,7 +199,9 @@ def print_phases(phases: list[dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m orchestrator.overhead", description=__doc__.split("\n")[0])
+    p = OneLineParser(
+        prog="python -m orchestrator.bench.overhead", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--out", type=Path, required=True, help="report folder (bench.json/bench.md)")
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  Ray trials by phase (seconds, one column per trial):", flush=True)
         print_phases(phases)
     row = overhead_row(ray, plain, sweep_wall, phases)
-    run = run_info("orchestrator.overhead", "cpu (Ray local, 1 CPU per trial)", start)
+    run = run_info("orchestrator.bench.overhead", "cpu (Ray local, 1 CPU per trial)", start)
     merge_rows(args.out / JSON_NAME, [row], run=run)
     print(f"wrote {args.out / JSON_NAME} and {args.out / 'bench.md'}")
     return 0

@@ -102,7 +102,7 @@ def time_training(cfg, data, device, steps: int, warmup: int = 2) -> dict:
 def time_fast(model, data, out: Path) -> dict:
     n_train, n_held = len(data.train_y), len(data.val_y)
     t = time.perf_counter()
-    s = analyze_model(model, data, blocks="all", units="heads", fit="fast", out_dir=out)
+    s = analyze_model(model, data, blocks="all", out_dir=out)  # heads, fast: the defaults
     total = time.perf_counter() - t
     sec = s["seconds"]
     blocks_s = sum(b["seconds"] for b in s["blocks"])
@@ -138,8 +138,8 @@ def time_faithful_steps(model, data, out: Path, steps: int) -> dict:
     sub = dataclasses.replace(
         data, train_x=data.train_x[:n], train_y=data.train_y[:n], train_ids=data.train_ids[:n]
     )
-    opts = ShpOptions(plots=False, andc="none", faithful=FaithfulRecipe(epochs=1))
-    s = analyze_model(model, sub, blocks="all", fit="faithful", out_dir=out, options=opts)
+    opts = ShpOptions(fit="faithful", plots=False, andc="none", faithful=FaithfulRecipe(epochs=1))
+    s = analyze_model(model, sub, blocks="all", out_dir=out, options=opts)
     per_step = s["seconds"]["fit"] / steps
     return {
         "steps_timed": steps,
@@ -195,9 +195,8 @@ def agreement(device: torch.device, epochs: int, out: Path) -> dict:
             keep.model.to(device),
             data,
             blocks="all",
-            fit=mode,
             out_dir=out / mode,
-            options=ShpOptions(plots=False),
+            options=ShpOptions(fit=mode, plots=False),
         )
         runs[mode] = s
         report[mode] = {

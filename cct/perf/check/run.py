@@ -3,13 +3,13 @@
     python -m cct.perf --device cuda --check --out DIR [--budget-s 300] [--cases a,b] [--quick]
 
 Runs on a bare GPU machine from a source checkout (`PYTHONPATH=.`), with torch and numpy only
-(no ray, mlflow or optuna). Each case (cct/perf/check_cases.py) runs in its own process under
+(no ray, mlflow or optuna). Each case (cct/perf/check/cases.py) runs in its own process under
 a time cap, so a hang, a CUDA error or a crash costs that case alone; DIR/check.json is
 rewritten after every case, so a run cut off still reports what it did; one line per case is
 printed: PASS / FAIL / TIMEOUT / SKIP, its seconds, peak memory and its figure.
 
 Without a GPU it says so in one line and exits 2. `CCT_CHECK_CPU_STANDIN=1` runs the same
-cases on the CPU (cct/perf/gpu.py): that is how the check itself is tested.
+cases on the CPU (cct/perf/check/gpu.py): that is how the check itself is tested.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from cct.perf.check_cases import CAPS_S, CASES, GPU_SIZES, QUICK_SIZES, run_case
-from cct.perf.gpu import STANDIN_ENV, find_gpu
+from cct.perf.check.cases import CAPS_S, CASES, GPU_SIZES, QUICK_SIZES, run_case
+from cct.perf.check.gpu import STANDIN_ENV, find_gpu
 
 JSON_NAME = "check.json"
 DEFAULT_BUDGET_S = 300.0
@@ -59,8 +59,10 @@ def run_capped(cmd: list[str], cap_s: float) -> tuple[str, str]:
 
 
 def subprocess_runner(name: str, quick: bool, cap_s: float) -> dict[str, Any]:
-    """One case in a fresh Python process: `python -m cct.perf.check --case NAME`."""
-    cmd = [sys.executable, "-m", "cct.perf.check", "--case", name] + (["--quick"] if quick else [])
+    """One case in a fresh Python process: `python -m cct.perf.check.run --case NAME`."""
+    cmd = [sys.executable, "-m", "cct.perf.check.run", "--case", name] + (
+        ["--quick"] if quick else []
+    )
     status, out = run_capped(cmd, cap_s)
     if status == "timeout":
         return {"ok": False, "status": "timeout", "summary": f"stopped at its cap of {cap_s:.0f} s"}
@@ -193,7 +195,7 @@ def main(*, device: str, out: Path | None, budget_s: float, cases: str | None, q
 
 
 def case_main(argv: list[str]) -> int:
-    """The per-case process: `python -m cct.perf.check --case NAME [--quick]`; prints the
+    """The per-case process: `python -m cct.perf.check.run --case NAME [--quick]`; prints the
     result as one JSON line last."""
     if len(argv) < 2 or argv[0] != "--case" or argv[1] not in CASES:
         print(f"error: expected --case NAME with NAME one of {','.join(CASES)}", file=sys.stderr)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cct.data.augment import AugmentSpec
 from cct.data.randaugment import RandAugmentPolicy, parse_policy
-from cct.perf.reference_data import erase
+from cct.perf.reference.data import erase
 
 
 def timm_argument(name: str, m: float, sign: float) -> float:

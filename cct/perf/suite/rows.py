@@ -2,7 +2,7 @@
 
     python -m cct.perf [--device auto|cpu|cuda] [--out DIR] [--only train,latency,data,sharing]
                        [--quick] [--precision auto|fp32|bf16] [--compile] [--num-workers 2] ...
-    python -m cct.perf --device cuda --check --out DIR    (the GPU check, cct/perf/check.py)
+    python -m cct.perf --device cuda --check --out DIR    (the GPU check, cct/perf/check/run.py)
 
 Rows (ours / reference, medians of interleaved repeats):
 - train: training samples/s and MFU of cct_7_3x1_32, its LS-MHA variant (32 heads x 8), its
@@ -12,7 +12,7 @@ Rows (ours / reference, medians of interleaved repeats):
 - sharing: aggregate samples/s of 1, 2 and 4 small-trial processes on one device.
 Two more rows come from commands outside `cct` and merge into the same report:
 `python -m analysis.bench --merge-into DIR/bench.json` (analysis time, all blocks) and
-`python -m orchestrator.overhead --out DIR` (Ray overhead per trial).
+`python -m orchestrator.bench.overhead --out DIR` (Ray overhead per trial).
 
 Writes DIR/bench.json and DIR/bench.md (see cct/perf/report.py). Torch only: runs on a bare
 GPU box. No timing is asserted anywhere; targets are reported as met or not.
@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cct.bench import peak_tflops_for
 from cct.cli import OneLineParser
 from cct.data.augment import recipe_augment
 from cct.device import (
@@ -43,8 +42,12 @@ from cct.device import (
     use_bf16,
 )
 from cct.measure import count_macs, count_params, device_name, time_forward
-from cct.perf import sharing
-from cct.perf.cases import (
+from cct.perf.check import run as check
+from cct.perf.reference.data import Mixup
+from cct.perf.reference.randaugment import PillowRecipeTransform
+from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
+from cct.perf.suite import sharing
+from cct.perf.suite.cases import (
     CASES,
     NUM_CLASSES,
     QUICK_IMG_SIZE,
@@ -58,10 +61,7 @@ from cct.perf.cases import (
     reference_loader,
     reference_training_step,
 )
-from cct.perf.reference_data import Mixup
-from cct.perf.reference_randaugment import PillowRecipeTransform
-from cct.perf.report import JSON_NAME, make_row, merge_rows, render_markdown, run_info
-from cct.perf.steps import Step, reference_data_step
+from cct.perf.suite.steps import Step, reference_data_step
 from cct.perf.timing import (
     Paired,
     interleaved,
@@ -69,6 +69,7 @@ from cct.perf.timing import (
     seconds_per_call,
     steady_loader_seconds,
 )
+from cct.perf.workload import peak_tflops_for
 
 GROUPS = ("train", "latency", "data", "sharing")
 
@@ -543,7 +544,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--check",
         action="store_true",
-        help="the GPU check instead of the suite: every GPU path once, ~5 min (cct/perf/check.py)",
+        help="the GPU check instead of the suite: every GPU path once, ~5 min (cct/perf/check/run.py)",
     )
     p.add_argument("--budget-s", type=float, default=300.0, help="--check: total seconds")
     p.add_argument("--check-cases", help="--check: cases to run (default: all)")
@@ -648,8 +649,6 @@ def run(setup: Setup, groups: list[str], cases: list[Case]) -> tuple[dict, list[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
-        from cct.perf import check
-
         return check.main(
             device=args.device,
             out=args.out,

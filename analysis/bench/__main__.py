@@ -1,0 +1,5 @@
+import sys
+
+from analysis.bench.shp import main
+
+sys.exit(main())
