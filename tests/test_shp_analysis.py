@@ -230,7 +230,7 @@ def test_units_nodes_and_heads_agree_when_a_head_has_one_node(tmp_path, syntheti
             model,
             synthetic,
             blocks=[1, 2],
-            out_dir=tmp_path / units,
+            out_dir=tmp_path / units[0],
             options=dataclasses.replace(FAST, units=units),
         )
         for units in ("heads", "nodes")
