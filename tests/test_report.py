@@ -185,6 +185,43 @@ def test_the_search_importance_table_lists_each_key_when_there_are_values():
     assert page.count("not enough data") >= 2  # SNR and specialisation
 
 
+def test_runs_logged_before_per_head_counts_are_not_enough_data_and_the_rules_are_named():
+    data = hand_sweep()
+    old = []
+    for t in data.trials:  # summaries without per-head noise or label sets, as older runs
+        blocks = [
+            {k: v for k, v in b.items() if k not in ("unit_noise", "label_sets")}
+            for b in hand_shp(t.arch["num_heads"], [0.5, 1.0, 2.0])["blocks"]
+        ]
+        shp = read_summary({"pooling": "mean", "num_classes": 10, "heldout": "val",
+                            "blocks": blocks})  # fmt: skip
+        old.append(replace(t, shp=shp))
+    page = build_page(replace(data, trials=old), tracking_uri="x", fetch=None)
+    verdicts = re.findall(r'class="badge[^"]*"[^>]*>([^<]+)<', page)
+    assert verdicts[:2] == ["not enough data", "not enough data"], verdicts  # SNR, heads
+    assert "logged without per-head noise" in page and "no per-head noise" in page
+    assert "Verdict rules version 2" in page
+    assert "generalises to" in page
+
+
+def test_verdicts_read_the_test_split_and_the_varied_knobs():
+    from analysis.report.evidence import verdicts
+
+    v = {x.key: x for x in verdicts(hand_sweep(), _logged_latency(hand_sweep()))}
+    # r3 (8 heads, conv 1) is matched with r2 (8 heads, conv 0), not with the best (2 heads);
+    # the logged in-sweep latencies have no timing rounds
+    assert v["conv"].status == "not enough data" and "r3" in v["conv"].reason
+    assert "trial_r1" not in v["conv"].reason
+    # chosen on validation, judged on 400 test images: too few for a 2-point margin
+    assert v["equal"].status == "not enough data" and "test images would tell" in v["equal"].reason
+
+
+def _logged_latency(data):
+    from analysis.report.latency import logged
+
+    return {t.run_id: logged(t) for t in data.trials}
+
+
 # --------------------------------------------------------------------------------------
 # bad input
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import runs
+from analysis.committee.select import combine
 from analysis.shp.summary import ShpSummary, read_summary
 
 
@@ -116,6 +118,17 @@ def arch_label(arch: dict[str, Any]) -> str:
     if g("conv_blocks"):
         label += f" {g('conv_block_norm')}/{g('conv_block_act')}"
     return label
+
+
+def varied_knobs(trials: Sequence[Trial]) -> list[str]:
+    """The architecture knobs whose value differs between the trials, in ARCH_KEYS order."""
+    keys = dict.fromkeys(k for t in trials for k in t.arch)
+    return [k for k in keys if len({repr(t.arch.get(k)) for t in trials}) > 1]
+
+
+def knob_values(t: Trial, knobs: Sequence[str]) -> tuple:
+    """(knob, value) of t for each knob: its place in the sweep's design."""
+    return tuple((k, t.arch.get(k)) for k in knobs)
 
 
 def collect(
@@ -284,8 +297,6 @@ def _committee(client: MlflowClient, run: Any, workdir: Path) -> Committee | Non
 def _with_correctness(client: MlflowClient, c: Committee, workdir: Path) -> Committee:
     """The members' test correctness and the committee's own, from the members' logits
     combined as the committee run did; unchanged when a member's logits are missing."""
-    from analysis.committee.select import combine
-
     logits = [_logits(client, m["run_id"], workdir) for m in c.members]
     if any(z is None for z in logits):
         return c

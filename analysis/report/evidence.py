@@ -1,23 +1,24 @@
 """The collected sweep (collect.py) reshaped into what the pictures and the verdicts take:
 metric values per group of trials, per-architecture block curves (seeds averaged, for the
-pictures), per-model SNR series (seeds kept apart, for the trend test), each trial's last
-attention block, and the five verdicts of SPEC section 1 (verdicts.py)."""
+pictures), per-model head counts (seeds kept apart, nested in their architecture, for the
+trend test), each trial's last attention block, the architecture knobs that varied, and the
+five verdicts of SPEC section 1 (verdicts.py)."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
 
-from analysis.report.collect import SweepData, Trial
+from analysis.report.collect import SweepData, Trial, knob_values, varied_knobs
 from analysis.report.figures import BlockPoint
 from analysis.report.latency import Latency
 from analysis.report.verdicts import (
-    BlockSnr,
     CommitteeFigures,
     ConvModel,
     HeadBlock,
+    HeadCounts,
     ModelAccuracy,
-    SnrSeries,
+    ModelHeads,
     Verdict,
     committee_verdict,
     conv_verdict,
@@ -82,28 +83,23 @@ def _mean_block(block: int, entries: list[BlockSummary]) -> BlockPoint:
 # verdicts
 
 
-def snr_series_of(trials: Sequence[Trial]) -> list[SnrSeries]:
-    """Every analysed trial's blocks, one series per trained model (seeds not averaged)."""
-    return [
-        SnrSeries(
-            model=t.trial_id,
-            arch=t.name,
-            seed=t.seed,
-            blocks=tuple(
-                BlockSnr(
-                    b.block,
-                    b.unit,
-                    b.snr_labels,
-                    b.snr_area,
-                    b.noise_free,
-                    b.num_units,
-                    b.units_with_cluster,
-                )
-                for b in t.shp.blocks
-            ),
+def head_counts_of(t: Trial) -> tuple[HeadCounts, ...]:
+    """t's attention blocks head by head: labels (its label sets' sizes) and noise per head
+    (None when the summary predates per-head counts)."""
+    return tuple(
+        HeadCounts(
+            b.block,
+            tuple(len(s) for s in b.label_sets),
+            b.unit_noise if b.label_sets and len(b.unit_noise) == len(b.label_sets) else None,
         )
-        for t in trials
-        if t.shp is not None and t.shp.blocks
+        for b in head_blocks(t)
+    )
+
+
+def model_heads_of(trials: Sequence[Trial]) -> list[ModelHeads]:
+    """Every analysed trial, one entry per trained model (seeds not averaged)."""
+    return [
+        ModelHeads(t.trial_id, t.name, t.seed, head_counts_of(t)) for t in trials if head_blocks(t)
     ]
 
 
@@ -138,6 +134,9 @@ def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
     """The five claims of SPEC section 1, in its order."""
     seqpool = any(t.shp is not None and t.shp.pooling == "seqpool" for t in data.trials)
     heads = [hb for t in data.trials if (hb := last_head_block(t)) is not None]
+    finished = [t for t in data.trials if t.metric("val_accuracy") is not None]
+    knobs = varied_knobs(finished)
+    others = [k for k in knobs if k != "conv_blocks"]
     models = [
         ModelAccuracy(
             t.trial_id,
@@ -145,9 +144,11 @@ def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
             t.arch.get("head_dim"),
             t.metric("val_accuracy"),
             t.val_correct,
+            t.metric("test_accuracy"),
+            t.test_correct,
+            knob_values(t, knobs),
         )
-        for t in data.trials
-        if t.metric("val_accuracy") is not None
+        for t in finished
     ]
     conv = [
         ConvModel(
@@ -159,14 +160,14 @@ def verdicts(data: SweepData, lat: dict[str, Latency]) -> list[Verdict]:
             latency_source=lat[t.run_id].source,
             latency_rounds=lat[t.run_id].rounds,
             test_correct=t.test_correct,
+            others=knob_values(t, others),
         )
-        for t in data.trials
-        if t.metric("val_accuracy") is not None
+        for t in finished
     ]
     return [
-        snr_verdict(snr_series_of(data.trials), seqpool=seqpool),
+        snr_verdict(model_heads_of(data.trials), seqpool=seqpool),
         specialisation_verdict(heads),
-        equal_accuracy_verdict(models, data.n_val),
+        equal_accuracy_verdict(models, data.n_test),
         committee_verdict(committee_figures(data)),
         conv_verdict(conv, data.n_test),
     ]
@@ -183,4 +184,5 @@ def last_head_block(t: Trial) -> HeadBlock | None:
         num_classes=t.shp.label_count(b),
         label_sets=b.label_sets,
         unit_noise=b.unit_noise,
+        arch=t.name,
     )

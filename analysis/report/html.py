@@ -126,11 +126,12 @@ def render_verdict(v: Verdict, number: dict[str, int]) -> str:
     fig = number.get(v.figure)
     link = f'<a href="#{e(v.figure)}">→ Figure {fig}</a>' if fig else ""
     recon = "".join(f'<div class="recon">[reconstructed] {e(r)}</div>' for r in v.reconstructed)
+    scope = f'<p class="reason">Speaks for: {e(v.generalises)}</p>' if v.generalises else ""
     return (
         f'<div class="verdict {css}" id="verdict-{e(v.key)}" title="{e(v.rule)}">'
         f'<span class="badge {css}">'
         f'{e(v.status)}</span><p class="claim">{e(v.claim)}</p>'
-        f'<p class="reason">{e(v.reason)}</p>{link}{recon}</div>'
+        f'<p class="reason">{e(v.reason)}</p>{scope}{link}{recon}</div>'
     )
 
 

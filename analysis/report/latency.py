@@ -1,17 +1,24 @@
 """Latency for the report: the in-sweep figure is noisy when trials shared the device (SPEC 5),
 so the finalists are re-measured here one at a time from their checkpoints with cct.measure.
 
-Each finalist is timed in ROUNDS rounds, the models taking turns round by round (a drift of
-the machine's load then hits every model alike); the median of each round is what the
-conv-substitution test compares, so its spread is the run-to-run spread.
+Each finalist is timed in rounds, the models taking turns round by round in an order
+shuffled afresh each round (a drift of the machine's load then hits every model alike, and
+no model always runs first after another's warm caches); the median of each round is what
+the conv-substitution test compares, so its spread is the run-to-run spread. How many rounds:
+at least ROUNDS, and as many as the conv test needs at its corrected level
+(stats.rounds_for(level / comparisons)).
 
 Finalists: the Pareto front of validation accuracy (max) against MACs (min), best accuracy
-first, capped at MAX_FINALISTS; plus, for the conv-substitution claim, the best trial (by
-validation accuracy) of each conv_blocks value. `--no-remeasure` keeps the logged figures.
+first, capped at MAX_FINALISTS; plus, for the conv-substitution claim, its matched pairs
+(verdicts.conv_pairs: within a group sharing every other varied knob, the best trial of each
+conv_blocks value), from the MAX_CONV_GROUPS groups with the best validation accuracy.
+`--no-remeasure` keeps the logged figures.
 """
 
 from __future__ import annotations
 
+import random
+import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +26,13 @@ from pathlib import Path
 
 from analysis.pareto import pareto_front
 from analysis.progress import bar
-from analysis.report.collect import Trial
+from analysis.report.collect import Trial, knob_values, varied_knobs
+from analysis.report.stats import LEVEL, rounds_for
 
 MAX_FINALISTS = 4
-ROUNDS = 5  # timing rounds per finalist (the conv test needs >= 4: verdicts.MIN_LATENCY_ROUNDS)
+MAX_CONV_GROUPS = 3  # matched groups re-measured for the conv claim (each costs a model per c)
+ROUNDS = 5  # timing rounds per finalist at least; the conv test may need more (rounds_for)
+ORDER_SEED = 0  # the shuffled order of the models within each round is reproducible
 
 
 @dataclass(frozen=True)
@@ -47,12 +57,24 @@ def finalists(trials: Sequence[Trial], cap: int = MAX_FINALISTS) -> list[str]:
     return [r["run_id"] for r in front[:cap]]
 
 
-def best_per_conv_blocks(trials: Sequence[Trial]) -> list[str]:
-    """Run id of the best trial (validation accuracy) of each conv_blocks value."""
-    best: dict[object, Trial] = {}
-    for t in sorted(trials, key=lambda t: -(t.metric("val_accuracy") or -1.0)):
-        best.setdefault(t.arch.get("conv_blocks"), t)
-    return [best[c].run_id for c in sorted(best, key=str)]
+def conv_groups(trials: Sequence[Trial]) -> dict[tuple, dict[int, Trial]]:
+    """Matched groups for the conv claim: every other varied architecture knob equal ->
+    conv_blocks -> the group's best trial (validation accuracy); only groups holding
+    conv_blocks = 0 and > 0, best group first, at most MAX_CONV_GROUPS."""
+    done = [t for t in trials if t.metric("val_accuracy") is not None]
+    others = [k for k in varied_knobs(done) if k != "conv_blocks"]
+    groups: dict[tuple, dict[int, Trial]] = {}
+    for t in sorted(done, key=lambda t: -(t.metric("val_accuracy") or -1.0)):
+        c = int(t.arch.get("conv_blocks") or 0)
+        groups.setdefault(knob_values(t, others), {}).setdefault(c, t)
+    matched = {k: g for k, g in groups.items() if 0 in g and len(g) > 1}
+    return dict(list(matched.items())[:MAX_CONV_GROUPS])
+
+
+def conv_rounds(trials: Sequence[Trial], level: float = LEVEL) -> int:
+    """Timing rounds per model: ROUNDS, or what the conv test's corrected level needs."""
+    comparisons = sum(len(g) - 1 for g in conv_groups(trials).values())
+    return max(ROUNDS, rounds_for(level / comparisons) if comparisons else 0)
 
 
 def logged(t: Trial, note: str = "") -> Latency:
@@ -71,6 +93,7 @@ def logged(t: Trial, note: str = "") -> Latency:
 
 def load_finalist(run_id: str, fetch: Callable[[str, Path], Path], device: str):
     """The run's model from its checkpoint (fetch(run_id, dst) -> folder), on `device`."""
+    # deferred: torch and the model code cost seconds to import, only needed to re-measure
     import torch
 
     from cct.checkpoint import load_model
@@ -92,9 +115,9 @@ def time_rounds(
     """Batch-1 latency of each model in `rounds` rounds of runs // rounds forwards (after
     warm-up), the models taking turns; throughput at batch 64 (the in-sweep figure's batch),
     fp32. On the CPU with `threads` threads (the sweep's workers run one each; more make
-    batch-1 timings of small models noisier, not faster)."""
-    import statistics
-
+    batch-1 timings of small models noisier, not faster). The models' order is shuffled
+    within each round (seeded)."""
+    # deferred: torch costs seconds to import, only needed to re-measure
     import torch
 
     from cct.measure import device_name, time_forward
@@ -105,9 +128,12 @@ def time_rounds(
     per_round = max(5, runs // rounds)
     times: dict[str, list[list[float]]] = {k: [] for k in models}
     ticks = bar((rounds + 1) * len(models), "re-measuring latency", unit="timing")
+    order, rng = list(models), random.Random(ORDER_SEED)
     try:
         for _ in range(rounds):
-            for run_id, model in models.items():
+            rng.shuffle(order)
+            for run_id in order:
+                model = models[run_id]
                 s = model.settings
                 shape = (s.in_channels, s.img_size, s.img_size)
                 times[run_id].append(
@@ -156,11 +182,13 @@ def latencies(
         return out
     by_id = {t.run_id: t for t in trials}
     models = {}
-    for run_id in dict.fromkeys([*finalists(trials), *best_per_conv_blocks(trials)]):
+    matched = [t.run_id for g in conv_groups(trials).values() for t in g.values()]
+    for run_id in dict.fromkeys([*finalists(trials), *matched]):
         try:
             models[run_id] = load_finalist(run_id, fetch, device)
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # no/odd checkpoint
             out[run_id] = logged(by_id[run_id], note=f"not re-measured: {type(e).__name__}: {e}")
     if models:
-        out.update(time_rounds(models, runs=runs, device=device, threads=threads))
+        rounds = conv_rounds(trials)
+        out.update(time_rounds(models, runs=runs, rounds=rounds, device=device, threads=threads))
     return out

@@ -8,18 +8,29 @@ import statistics
 from collections.abc import Sequence
 
 from analysis.report import figures as figs
-from analysis.report.collect import SweepData, Trial, arch_label
-from analysis.report.evidence import block_curves, by_arch, head_blocks, last_head_block, values
+from analysis.report.collect import Committee, SweepData, Trial, arch_label
+from analysis.report.evidence import (
+    block_curves,
+    by_arch,
+    committee_figures,
+    head_blocks,
+    last_head_block,
+    values,
+)
 from analysis.report.html import Section, Table
 from analysis.report.latency import Latency, finalists
-from analysis.report.stats import wilson
+from analysis.report.stats import paired_difference, wilson
 from analysis.report.verdicts import (
     CONV_RULE,
+    MAX_HEAD_OVERLAP,
     MIN_HEAD_SNR,
+    RULES_VERSION,
     SEQPOOL_RULE,
     SNR_RULE,
+    THRESHOLDS,
     Verdict,
     head_counts,
+    head_overlap,
     small_cluster_max,
 )
 
@@ -218,15 +229,17 @@ def _last_head_block_table(analysed: Sequence[Trial]) -> Table:
             continue
         ok, n = head_counts(h)
         sizes = [len(s) for s in h.label_sets]
+        overlap = head_overlap(h.label_sets)
         rows.append(
             [
                 h.trial,
                 x.name,
                 str(h.block),
-                f"{ok}/{n}",
+                f"{ok}/{n}" if h.has_noise else "no per-head noise",
                 f"{min(sizes, default=0)}–{max(sizes, default=0)}",
                 str(small_cluster_max(h.num_classes)),
                 " ".join(map(str, h.unit_noise)) or "-",
+                "-" if overlap is None else num(overlap),
             ]
         )
     return Table(
@@ -238,10 +251,12 @@ def _last_head_block_table(analysed: Sequence[Trial]) -> Table:
             "labels per head",
             "small: at most",
             "noise per head",
+            "label-set overlap (Jaccard)",
         ],
         rows,
         f"every trial, last attention block (what the verdict counts: a head passes with 1 "
-        f"to the 'small' number of labels and noise <= labels / {MIN_HEAD_SNR:g})",
+        f"to the 'small' number of labels and noise <= labels / {MIN_HEAD_SNR:g}; a trial "
+        f"counts only if its heads differ: overlap <= {MAX_HEAD_OVERLAP:g})",
         wide=True,
     )
 
@@ -357,8 +372,6 @@ def _count(x: float | None) -> str:
 
 
 def committee_section(data: SweepData) -> Section:
-    from analysis.report.evidence import committee_figures
-
     common = dict(id="committee", title="Soft committee")
     if not data.committee_runs:
         hint = f"python -m analysis.committee --sweep-run-id {data.sweep_run_id}"
@@ -368,45 +381,6 @@ def committee_section(data: SweepData) -> Section:
         )
     c = data.committee or data.committee_runs[0]
     labels = [arch_label(m.get("architecture") or {}) for m in c.members]
-    member_correct = c.member_test_correct or (None,) * len(c.members)
-    rows = []
-    for i, (lab, m, mc) in enumerate(zip(labels, c.members, member_correct)):
-        gain = "-"
-        if mc is not None and c.test_correct is not None:
-            from analysis.report.stats import paired_difference
-
-            d = paired_difference(c.test_correct, mc)
-            lo, hi = d.interval()
-            gain = f"{100 * d.diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-        rows.append(
-            [
-                f"{i + 1}. {lab}",
-                str(m.get("trial_id") or m["run_id"][:8]),
-                pct_ci(m["val_accuracy"], data.n_val),
-                pct_ci(m["test_accuracy"], data.n_test),
-                gain,
-            ]
-        )
-    combine = "softmax" if c.combine == "probs" else "logits"
-    rows.append(
-        [
-            f"committee (mean {combine})",
-            "",
-            pct_ci(c.val_accuracy, data.n_val),
-            pct_ci(c.test_accuracy, data.n_test),
-            "",
-        ]
-    )
-    val_gain = "-" if c.val_gain_over_best is None else f"{100 * c.val_gain_over_best:+.2f}"
-    rows.append(
-        [
-            "gain over member 1 (best on validation)",
-            "",
-            val_gain,
-            f"{100 * c.gain_over_best:+.2f}",
-            "",
-        ]
-    )
     fig = committee_figures(data)
     status = (
         "judged by the verdict"
@@ -431,27 +405,52 @@ def committee_section(data: SweepData) -> Section:
             c.val_accuracy,
         ),
         image_alt="committee accuracy against size and per member",
-        tables=[
-            Table(
-                [
-                    "member",
-                    "trial",
-                    "val % [95 %]",
-                    "test % [95 %]",
-                    "committee gain on test [95 %]",
-                ],
-                rows,
-                wide=True,
-            ),
-            _committee_runs_table(data),
-        ],
+        tables=[_committee_members_table(data, c, labels), _committee_runs_table(data)],
         notes=[
             "Both gains: over member 1, the member with the best validation accuracy (choosing "
             "the best member by test would peek), and over every member on the same test "
-            "images (paired; Wald 95 % intervals). The verdict reads the earliest committee run "
-            "made with the default settings: rerunning until test looks good cannot change it."
+            "images (paired; Wald 95 % intervals; the verdict's own one-sided bound is in its "
+            "details). The verdict reads the earliest committee run made with the default "
+            "settings: rerunning until test looks good cannot change it. It speaks for this "
+            "committee; a general claim needs committees replicated over seeds."
         ],
     )
+
+
+def _committee_members_table(data: SweepData, c: Committee, labels: list[str]) -> Table:
+    """Each member's accuracies and the committee's paired gain over it, then the committee."""
+    member_correct = c.member_test_correct or (None,) * len(c.members)
+    rows = []
+    for i, (lab, m, mc) in enumerate(zip(labels, c.members, member_correct)):
+        gain = "-"
+        if mc is not None and c.test_correct is not None:
+            d = paired_difference(c.test_correct, mc)
+            lo, hi = d.interval()
+            gain = f"{100 * d.diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        rows.append(
+            [
+                f"{i + 1}. {lab}",
+                str(m.get("trial_id") or m["run_id"][:8]),
+                pct_ci(m["val_accuracy"], data.n_val),
+                pct_ci(m["test_accuracy"], data.n_test),
+                gain,
+            ]
+        )
+    combine = "softmax" if c.combine == "probs" else "logits"
+    val_gain = "-" if c.val_gain_over_best is None else f"{100 * c.val_gain_over_best:+.2f}"
+    rows += [
+        [
+            f"committee (mean {combine})",
+            "",
+            pct_ci(c.val_accuracy, data.n_val),
+            pct_ci(c.test_accuracy, data.n_test),
+            "",
+        ],
+        ["gain over member 1 (best on validation)", "", val_gain,
+         f"{100 * c.gain_over_best:+.2f}", ""],
+    ]  # fmt: skip
+    headers = ["member", "trial", "val % [95 %]", "test % [95 %]", "committee gain on test [95 %]"]
+    return Table(headers, rows, wide=True)
 
 
 def _committee_runs_table(data: SweepData) -> Table:
@@ -586,14 +585,13 @@ def _compute_notes(data: SweepData) -> list[str]:
 
 
 def methods_section(verdict_list: Sequence[Verdict]) -> Section:
-    from analysis.report.verdicts import THRESHOLDS
-
     rows = [
         [
             v.claim,
             v.status,
             "-" if v.p_value is None else f"{v.p_value:.3g}",
             v.rule,
+            v.generalises or "-",
             "; ".join(v.reconstructed) or "-",
         ]
         for v in verdict_list
@@ -608,7 +606,8 @@ def methods_section(verdict_list: Sequence[Verdict]) -> Section:
     return Section(
         id="methods",
         title="How the verdicts are reached",
-        caption='Each verdict is a stated test at a stated level; "held" needs p below it. '
+        caption=f"Verdict rules version {RULES_VERSION}. "
+        'Each verdict is a stated test at a stated level; "held" needs p below it. '
         "Thresholds are this report's own (analysis/report/verdicts.py, argued there and in "
         "the README: "
         + ", ".join(f"{k}={v}" for k, v in THRESHOLDS.items())
@@ -616,7 +615,11 @@ def methods_section(verdict_list: Sequence[Verdict]) -> Section:
         "Rules marked [reconstructed] in SPEC could not be read from the papers: "
         f"{SNR_RULE}; {CONV_RULE}; {SEQPOOL_RULE}.",
         tables=[
-            Table(["claim", "verdict", "p", "test", "relies on [reconstructed]"], rows, wrap=True),
+            Table(
+                ["claim", "verdict", "p", "test", "generalises to", "relies on [reconstructed]"],
+                rows,
+                wrap=True,
+            ),
             *details,
         ],
     )

@@ -3,10 +3,13 @@
 
     spearman(x, y)                      rank correlation, +inf ranks highest
     sign_flip_test(values)              one-sided exact sign-flip (randomisation) test of mean > 0
+    units_for_sign_flip(values)         how many units the observed mean and spread would need
     mcnemar_exact(b, c)                 one-sided exact McNemar: paired wins b vs losses c
     paired_difference(xa, xb)           difference of two paired accuracies, its SE and interval
     tost(diff, se, margin)              two one-sided tests: |true difference| < margin
+    gain_above(d, minimum)              one-sided score test and lower bound of a paired gain
     rank_sum_less(x, y)                 one-sided exact Wilcoxon-Mann-Whitney test: x below y
+    rounds_for(level)                   timing rounds per model that an exact rank-sum test needs
     wilson(k, n)                        binomial interval of an accuracy
 
 Every function is pure and deterministic; the Monte-Carlo fallback of the sign-flip test
@@ -94,6 +97,18 @@ def sign_flip_test(values: Sequence[float], *, seed: int = 0, draws: int = 20_00
     rng = np.random.default_rng(seed)
     stats = rng.choice((-1.0, 1.0), size=(draws, n)) @ mags
     return float((np.sum(stats >= observed - 1e-12) + 1) / (draws + 1))
+
+
+def units_for_sign_flip(values: Sequence[float], level: float = LEVEL) -> int | None:
+    """Units at which the observed mean and spread of `values` would reach p < level (a
+    normal power calculation, at 80 % power, never below min_units_for(level)); None when
+    the mean is not positive (no size would)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0 or v.mean() <= 0:
+        return None
+    sd = float(v.std(ddof=1)) if len(v) > 1 else float(abs(v.mean()))
+    z = z_quantile(1 - level) + z_quantile(0.8)
+    return max(min_units_for(level), math.ceil((z * sd / v.mean()) ** 2))
 
 
 @functools.lru_cache(maxsize=MAX_EXACT_FLIPS + 1)
@@ -236,6 +251,40 @@ def equivalence(d: PairedDifference, margin: float, level: float = LEVEL) -> Equ
     return Equivalence(p, p_beyond, outcome)
 
 
+@dataclass(frozen=True)
+class Gain:
+    """A paired gain of A over B tested against a minimum: H0 gain <= minimum."""
+
+    p_value: float  # one-sided score test (Tango) of H0: gain <= minimum
+    lower: float  # one-sided lower confidence bound of the gain at the same level
+
+
+def gain_above(d: PairedDifference, minimum: float, level: float = LEVEL) -> Gain:
+    """Tango's score test of H0: gain <= minimum, and its inversion: the one-sided lower
+    bound at `level`, so that p < level exactly when the bound is above the minimum (the
+    bound and the test cannot disagree)."""
+    p = norm_sf(tango_z(d.wins, d.losses, d.n, minimum))
+    z = z_quantile(1 - level)
+    lo, hi = -1.0 + 1e-9, d.diff  # tango_z falls as theta rises; at theta = diff it is ~0
+    if tango_z(d.wins, d.losses, d.n, lo) < z:
+        return Gain(p, lo)
+    for _ in range(60):  # bisection to ~1e-18
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tango_z(d.wins, d.losses, d.n, mid) >= z else (lo, mid)
+    return Gain(p, lo)
+
+
+def n_for_gain(d: PairedDifference, minimum: float, level: float = LEVEL) -> int | None:
+    """Test images at which the observed gain and discordance would pass gain_above at 80 %
+    power; None when the observed gain is not above the minimum."""
+    room = d.diff - minimum
+    if room <= 0:
+        return None
+    z = z_quantile(1 - level) + z_quantile(0.8)
+    disc = (d.wins + d.losses + 1) / d.n  # per-image variance of a paired difference, ~
+    return math.ceil(disc * (z / room) ** 2)
+
+
 def n_for_equivalence(diff: float, se: float, n: int, margin: float, level: float = LEVEL) -> int:
     """Images at which the same observed difference and per-image spread would pass TOST
     (SE shrinks as 1/sqrt(n)); 0 when no size would (|diff| >= margin)."""
@@ -277,6 +326,16 @@ def rank_sum_less(x: Sequence[float], y: Sequence[float]) -> float:
         return 1.0 - norm_sf((observed - mean) / sd)
     sums = _splits(m, n) @ r  # rank sum of x under every split
     return float(np.mean(sums <= observed + 1e-9))
+
+
+def rounds_for(level: float) -> int:
+    """Timing rounds per model (equal on both sides) with which the exact rank-sum test
+    reaches p < level even with one pair of rounds out of order (p = 2 / C(2r, r)): with
+    fewer, one noisy round makes a real speed-up undetectable."""
+    r = 2
+    while 2 / math.comb(2 * r, r) >= level:
+        r += 1
+    return r
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,60 +6,69 @@ no files, no pictures. Each verdict rests on a stated statistical test at a stat
     "not held"         the data point against the claim (the estimate is on the wrong side,
                        or significantly so)
     "not enough data"  the estimate favours the claim but the test cannot tell, or the sweep
-                       lacks what the test needs; the reason says what more is needed
+                       lacks what the test needs; the reason says what more would reach it
+                       (a power calculation: architectures, seeds, blocks, images or rounds)
     "not judged"       the evidence was not gathered by the rule the claim needs (a
                        committee whose members were chosen by hand)
 
-The tests (analysis/report/stats.py), and why each:
+RULES_VERSION names these rules; the page prints it. Version 2 (issue 29) replaced rules
+that an audit found calling "held" on nulls real sweeps produce (version 1: a block-level
+SNR ratio, seeds and heads as independent units, selection and judgement on the same
+validation images, unmatched conv comparisons). The tests (analysis/report/stats.py):
 
-1. SNR rises along the blocks (`snr_verdict`). Unit: one trained model (architecture x
-   seed). Per model, Spearman's rho between the attention block index and its SNR (head
-   units only; conv blocks and node/FF analyses are left out) over its blocks that have one:
-   a model needs >= MIN_SNR_BLOCKS of them. A block with a null SNR counts as noise-free
-   (+inf) only when more than NOISE_FREE_MIN_CLUSTERED of its heads have a cluster (SPEC 8:
-   "most of its heads"); otherwise it is dropped, and the page says so. Test: a one-sided
-   exact sign-flip test of the mean rho over the models (H0: every model's rho is symmetric
-   about 0, which holds when a model's blocks are exchangeable - no trend - whatever the
-   correlation between the blocks of one seed); each rho weighted by sqrt(blocks - 1), one
-   over its standard deviation under no trend, so long series count for more (Stouffer's
-   combination; the signs stay symmetric, the test exact). Rank-based, so a noise-free block and a
-   seed-wide shift of all SNRs need no special care. It needs >= 5 models to reach p < 0.05
-   at all (2**-5 = 0.031). With repeated seeds the conclusion is about the architectures as
-   trained; without (an Optuna search) the units are the trials the search chose: it
-   concludes that SNR rises on average over those trials, not in any one architecture.
+1. SNR rises along the blocks (`snr_verdict`). Measured per head, where the mechanism
+   lives: each head with a cluster has the count-based SNR log((labels + 1/2) / (noise +
+   1/2)) (labels in its clusters, noise ones outside them; the halves keep a noise-free head
+   finite). A block-level ratio of means moves when the share of clustered heads moves,
+   even if no head's SNR does; a head-level statistic does not. Per trained model:
+   Spearman's rho between the block index and its heads' SNRs, over >= MIN_SNR_BLOCKS
+   attention blocks with a clustered head. Unit: the architecture (the claim is about
+   architectures): its seeds' rhos are averaged (seeds nested within it, never counted as
+   independent), and a one-sided exact sign-flip test of the mean over architectures (H0:
+   each architecture's mean rho is symmetric about 0 - true for an architecture-level
+   random slope of mean 0, whatever the correlation of one model's heads and blocks). Needs
+   >= 5 architectures (2**-5 = 0.031). A model without per-head noise (logged before
+   per-head counts) is left out and said so.
 2. Each head recognises a small cluster of labels with little noise
-   (`specialisation_verdict`). Unit: one head of a trial's last attention block. A head
-   passes when it recognises at least one label and at most SMALL_CLUSTER_SHARE of the
-   labels ("a small cluster": an even split of the labels over the 4 heads of the
-   reference CCT-7/3x1 would give each a quarter; a specialised head has fewer) and its
-   noise is at most 1 / MIN_HEAD_SNR of its signal ("little noise": noise ones outside the
-   clusters at most half the labels inside them; the papers' "negligible" would argue for
-   more). Test: one-sided exact binomial test that more than HEAD_SHARE of the heads pass
-   ("each head": at least most heads), heads counted as independent.
-3. Several head structures reach equal accuracy (`equal_accuracy_verdict`). The best trial
-   (validation) of each head structure (num_heads, head_dim) against the best trial overall,
-   on validation: two one-sided tests (TOST, Schuirmann 1987) of |difference| <
-   EQUIVALENCE_MARGIN on the paired per-image correctness, each a Tango (1998) score test
-   (the Wald test rejects too often with few discordant images); unpaired z-tests when a
-   trial has no logits; Bonferroni over the structures compared. The margin is a definition of "equal"
-   the papers do not give: 2 points, the smallest round margin that a 5,000-image CIFAR
-   validation set can establish (SE of a paired difference there ~0.5 points).
+   (`specialisation_verdict`). In the last attention block of a trial a head passes when
+   it recognises 1 to SMALL_CLUSTER_SHARE of the labels and its noise is at most its labels
+   / MIN_HEAD_SNR; the trial's heads must also differ (diversity: the mean pairwise Jaccard
+   overlap of its clustered heads' label sets at most MAX_HEAD_OVERLAP; identical heads
+   with a small cluster each are one head, not specialisation) - a trial that fails it
+   counts as no head passing. Unit: the architecture (its trials' pass shares averaged).
+   Test: one-sided exact sign-flip test that the share passing exceeds HEAD_SHARE over the
+   architectures (>= 5). A trial without per-head noise is "not enough data", never
+   noise-free. Thresholds: a quarter of the labels is what an even split over the reference
+   CCT-7/3x1's 4 heads gives (a specialised head has fewer); noise at most half its labels
+   ("little noise"; the papers' "negligible" would argue for less); a Jaccard of 1/2 is two
+   heads sharing 2 of 3 labels. Argued, not fitted: the untrained-model reference (SPEC 8)
+   is not yet computed in the trial (issue 29 item 10).
+3. Several head structures reach equal accuracy (`equal_accuracy_verdict`). A structure is
+   every architecture knob that varied in the sweep. Select on validation (the best trial
+   of each structure, and the best structure), judge on test: two one-sided tests (TOST)
+   of |difference| < EQUIVALENCE_MARGIN on the paired per-image test correctness (Tango
+   score tests), Bonferroni over the structures compared, against those whose head
+   structure (num_heads, head_dim) differs from the best. Choosing and judging on the same
+   images favours the structure with more trials (the winner's curse). Generalises to the
+   trained models selected, not to the structures' means over seeds.
 4. The soft committee beats each member (`committee_verdict`). Only the earliest
-   committee run of the sweep made by the default rule on validation is judged; a
-   hand-picked one is "not judged". On the same test images, an exact one-sided McNemar
-   test against every member; held when all reject (an intersection-union test, so no
-   multiplicity correction), with a 95 % interval for each gain.
-5. Conv-substituted blocks cut latency at equal accuracy (`conv_verdict`). The best trial
-   (validation) of each conv_blocks c > 0 against the best with conv_blocks = 0: latency
-   from the report's own timing rounds (never the in-sweep figure taken while trials shared
-   the device): a one-sided exact Wilcoxon-Mann-Whitney test that the rounds of c are more
-   than MIN_SPEEDUP faster than the reference's, beyond their run-to-run spread; and test
-   accuracy equivalent by TOST as in 3. Both must pass (intersection-union); Bonferroni
-   over the c values compared.
+   committee run made by the default rule on validation is judged. On the same test
+   images, against every member, a one-sided Tango score test that the gain exceeds
+   MIN_COMMITTEE_GAIN, with its inversion (the one-sided lower bound at the same level)
+   printed beside it: held when every bound is above the minimum (intersection-union).
+   About this committee; a general claim needs committees replicated over seeds.
+5. Conv-substituted blocks cut latency at equal accuracy (`conv_verdict`). Matched
+   comparisons: within each group of trials that share every other varied knob, the best
+   (validation) trial of each conv_blocks c > 0 against the group's best with c = 0.
+   Latency from the report's own timing rounds (models in a random order within each
+   round): a one-sided exact Wilcoxon-Mann-Whitney test that c's rounds are more than
+   MIN_SPEEDUP faster; and test accuracy equivalent by TOST as in 3. Both must pass
+   (intersection-union); Bonferroni over the comparisons, and the rounds needed follow from
+   that corrected level (stats.rounds_for).
 
 Accuracies on the page carry their 95 % Wilson interval. `python -m analysis.report
---calibrate` simulates each claim false and true through these very functions
-(analysis/report/calibrate.py).
+--calibrate` simulates each claim false (under nulls that break each test's own
+assumptions) and true, through these very functions (analysis/report/calibrate.py).
 """
 
 from __future__ import annotations
@@ -77,30 +86,32 @@ from analysis.report.stats import LEVEL
 Status = Literal["held", "not held", "not enough data", "not judged"]
 HELD, NOT_HELD, NO_DATA, NOT_JUDGED = "held", "not held", "not enough data", "not judged"
 
-MIN_SNR_BLOCKS = 4  # attention blocks with an SNR per model: with 3, rho is only +-1, +-0.5 or 0
-NOISE_FREE_MIN_CLUSTERED = 0.5  # a null-SNR block is noise-free only above this share clustered
+RULES_VERSION = "2 (issue 29: architecture units, per-head counts, select/judge split)"
+MIN_SNR_BLOCKS = 3  # attention blocks with a clustered head per model: fewer show no order
 SMALL_CLUSTER_SHARE = 0.25  # a head's labels, as a share of all labels, at most
 MIN_HEAD_SNR = 2.0  # a head's labels in clusters / its noise ones, at least
+MAX_HEAD_OVERLAP = 0.5  # mean pairwise Jaccard of a trial's clustered heads, at most
 HEAD_SHARE = 0.5  # "each head": more than this share of the heads must pass
 EQUIVALENCE_MARGIN = 0.02  # "equal accuracy": |difference| below 2 points
+MIN_COMMITTEE_GAIN = 0.0025  # "beats": more than a quarter point over every member
 MIN_SPEEDUP = 0.05  # "cuts latency": more than 5 % faster than the all-transformer model
-MIN_LATENCY_ROUNDS = 4  # timing rounds per model: 4 + 4 gives an exact p of 1/70 at best
 
 THRESHOLDS = {
     "LEVEL": LEVEL,
     "MIN_SNR_BLOCKS": MIN_SNR_BLOCKS,
-    "NOISE_FREE_MIN_CLUSTERED": NOISE_FREE_MIN_CLUSTERED,
     "SMALL_CLUSTER_SHARE": SMALL_CLUSTER_SHARE,
     "MIN_HEAD_SNR": MIN_HEAD_SNR,
+    "MAX_HEAD_OVERLAP": MAX_HEAD_OVERLAP,
     "HEAD_SHARE": HEAD_SHARE,
     "EQUIVALENCE_MARGIN": EQUIVALENCE_MARGIN,
+    "MIN_COMMITTEE_GAIN": MIN_COMMITTEE_GAIN,
     "MIN_SPEEDUP": MIN_SPEEDUP,
-    "MIN_LATENCY_ROUNDS": MIN_LATENCY_ROUNDS,
 }
 
-SNR_RULE = "SNR definitions (labels/noise and area/noise)"
+SNR_RULE = "SNR definitions (labels/noise per head)"
 CONV_RULE = "the conv replacement block (3x3 conv, norm, activation, residual)"
 SEQPOOL_RULE = "seqpool readout"
+HEAD_KNOBS = ("num_heads", "head_dim")
 
 spearman = stats.spearman
 
@@ -118,6 +129,7 @@ class Verdict:
     reconstructed: tuple[str, ...] = ()
     details: tuple[str, ...] = ()
     p_value: float | None = None
+    generalises: str = ""  # what population the verdict speaks for
 
 
 def _p(p: float | None) -> str:
@@ -130,138 +142,130 @@ def _pts(x: float) -> str:
     return f"{100 * x + 0.0:+.2f}"  # + 0.0: no "-0.00"
 
 
+def _by_arch(items: Sequence, value) -> dict[str, list[float]]:
+    """Architecture -> the values of its models (value(item) None: left out)."""
+    out: dict[str, list[float]] = {}
+    for x in items:
+        if (v := value(x)) is not None:
+            out.setdefault(x.arch, []).append(v)
+    return out
+
+
+def _population(groups: dict[str, list[float]]) -> str:
+    seeded = any(len(v) > 1 for v in groups.values())
+    if seeded:
+        return (
+            f"these {len(groups)} architectures as trained (seeds nested: averaged within "
+            "each architecture, never counted as independent)"
+        )
+    return (
+        f"the {len(groups)} architectures the sweep trained, one model each (a search samples "
+        "them unevenly: the verdict speaks for the architectures it tried, not for its space)"
+    )
+
+
+def _arch_sign_flip(groups: dict[str, list[float]]) -> tuple[float, list[float]]:
+    """One-sided sign-flip p over the architectures' mean values, and those means."""
+    means = [float(np.mean(v)) for v in groups.values()]
+    return stats.sign_flip_test(means), means
+
+
+def _more_units(means: Sequence[float], level: float, what: str) -> str:
+    need = stats.units_for_sign_flip(means, level)
+    return f"; ~{need} {what} at the observed mean and spread would tell" if need else ""
+
+
 # --------------------------------------------------------------------------------------
 # 1. SNR rises along the blocks
 
 
 @dataclass(frozen=True)
-class BlockSnr:
-    """One analysed block of one trained model."""
+class HeadCounts:
+    """One attention block of one trained model, head by head."""
 
     block: int
-    unit: str  # "head", "filter", "node", "ff-node"
-    snr_labels: float | None
-    snr_area: float | None
-    noise_free: bool = False
-    num_units: int = 0
-    units_with_cluster: int = 0
+    labels: tuple[int, ...]  # per head: labels in its clusters
+    noise: tuple[int, ...] | None  # per head: ones outside its clusters; None: not logged
 
 
 @dataclass(frozen=True)
-class SnrSeries:
-    """The analysed blocks of one trained model (one trial: an architecture and a seed)."""
+class ModelHeads:
+    """The attention blocks of one trained model (one trial: an architecture and a seed)."""
 
     model: str  # trial id
-    arch: str
+    arch: str  # architecture label: its seeds share it
     seed: int | None
-    blocks: tuple[BlockSnr, ...]
+    blocks: tuple[HeadCounts, ...]
 
 
-def snr_series(
-    blocks: Sequence[BlockSnr], variant: str = "snr_labels"
-) -> tuple[list[tuple[int, float]], list[str]]:
-    """(block, SNR) over the head blocks with a value (+inf for a noise-free block whose
-    heads are mostly clustered), and why each other head block was dropped."""
-    out, dropped = [], []
-    for b in sorted(blocks, key=lambda b: b.block):
-        if b.unit != "head":  # conv filters, single nodes: not the heads the claim is about
-            continue
-        value = getattr(b, variant)
-        if value is not None:
-            out.append((b.block, float(value)))
-            continue
-        share = b.units_with_cluster / b.num_units if b.num_units else 0.0
-        if b.noise_free and share > NOISE_FREE_MIN_CLUSTERED:
-            out.append((b.block, math.inf))
-        elif b.noise_free:
-            dropped.append(
-                f"block {b.block}: noise-free but {b.units_with_cluster}/{b.num_units} heads "
-                "clustered"
-            )
-        else:
-            dropped.append(f"block {b.block}: no SNR (no head has a cluster)")
-    return out, dropped
+def head_snr(labels: int, noise: int) -> float:
+    """A head's count-based SNR, log((labels + 1/2) / (noise + 1/2)); finite when noise-free."""
+    return math.log((labels + 0.5) / (noise + 0.5))
 
 
-def series_trend(blocks: Sequence[BlockSnr], variant: str = "snr_labels") -> float | None:
-    """Spearman's rho(block, SNR) of one model, None with too few blocks; a constant SNR
-    counts as no trend (0)."""
-    return trend_of(snr_series(blocks, variant)[0])
-
-
-def trend_of(series: Sequence[tuple[int, float]]) -> float | None:
-    if len(series) < MIN_SNR_BLOCKS:
-        return None
-    rho = spearman(*zip(*series))
-    return 0.0 if math.isnan(rho) else rho
+def model_trend(m: ModelHeads) -> tuple[float | None, str]:
+    """Spearman's rho(block, head SNR) over m's clustered heads, and a note; None when m has
+    no per-head noise or fewer than MIN_SNR_BLOCKS blocks with a clustered head."""
+    if any(b.noise is None or len(b.noise) != len(b.labels) for b in m.blocks):
+        return None, "no per-head noise (logged before per-head counts): left out"
+    xs, ys = [], []
+    for b in m.blocks:
+        for lab, noise in zip(b.labels, b.noise):
+            if lab > 0:  # a head without a cluster has no SNR (SPEC 4.5)
+                xs.append(b.block)
+                ys.append(head_snr(lab, noise))
+    blocks = len(set(xs))
+    if blocks < MIN_SNR_BLOCKS:
+        return None, f"{blocks} attention block(s) with a clustered head: too few"
+    rho = spearman(xs, ys)
+    rho = 0.0 if math.isnan(rho) else rho
+    return rho, f"rho {rho:+.2f} over {len(ys)} clustered heads in {blocks} blocks"
 
 
 def snr_verdict(
-    curves: Sequence[SnrSeries],
+    models: Sequence[ModelHeads],
     *,
     seqpool: bool = False,
     level: float = LEVEL,
     figure: str = "snr",
 ) -> Verdict:
-    """Claim 1 from each model's per-block SNR (see the module docstring)."""
+    """Claim 1 from each model's per-head counts (see the module docstring)."""
     claim = "SNR rises along the blocks"
     need = stats.min_units_for(level)
     rule = (
-        f"per model (architecture x seed): Spearman rho(block, SNR) over >= {MIN_SNR_BLOCKS} "
-        f"attention blocks (head units; a null SNR is noise-free only with > "
-        f"{NOISE_FREE_MIN_CLUSTERED:.0%} of the heads clustered); one-sided exact sign-flip "
-        f"test of the rho's (weighted by sqrt(blocks - 1)) over the models, p < {level:g}; "
-        f"needs >= {need} models"
+        f"per head: log((labels + 1/2) / (noise + 1/2)); per model: Spearman rho(block, head "
+        f"SNR) over >= {MIN_SNR_BLOCKS} attention blocks; per architecture: the mean over its "
+        f"seeds; one-sided exact sign-flip test over >= {need} architectures, p < {level:g}"
     )
     recon = (SNR_RULE, SEQPOOL_RULE) if seqpool else (SNR_RULE,)
-    rhos, weights, details = [], [], []
-    for s in curves:
-        series, dropped = snr_series(s.blocks)
-        rho = trend_of(series)
-        area = series_trend(s.blocks, "snr_area")
-        values = ", ".join("inf" if math.isinf(v) else f"{v:.2f}" for _, v in series)
-        text = f"{s.model} ({s.arch}, seed {s.seed}): SNR [{values}]"
-        area_text = "-" if area is None else f"{area:+.2f}"
-        text += " too few blocks" if rho is None else f", rho {rho:+.2f} (snr_area {area_text})"
-        details.append(text + "".join(f"; dropped {d}" for d in dropped))
-        if rho is not None:
-            rhos.append(rho)
-            weights.append(math.sqrt(len(series) - 1))  # 1 / sd of rho under no trend
-    seeded = _seeds_repeated(curves)
-    units = (
-        "models = architectures x seeds: concludes for these architectures as trained"
-        if seeded
-        else "trials as the search chose them (no repeated seeds): concludes that SNR rises on "
-        "average over these trials, not in any one architecture"
-    )
-    if len(rhos) < need:
+    trends = {m.model: model_trend(m) for m in models}
+    details = tuple(f"{m.model} ({m.arch}, seed {m.seed}): {trends[m.model][1]}" for m in models)
+    groups = _by_arch(models, lambda m: trends[m.model][0])
+    if len(groups) < need:
+        missing = sum(1 for r, note in trends.values() if r is None and "noise" in note)
         reason = (
-            f"{len(rhos)} model(s) with {MIN_SNR_BLOCKS}+ attention blocks having an SNR "
-            f"(of {len(curves)}); the sign-flip test needs >= {need} to reach p < {level:g}: "
-            f"add seeds (tune.seeds), or architectures with >= {MIN_SNR_BLOCKS} attention blocks"
+            f"{len(groups)} architecture(s) with a model having {MIN_SNR_BLOCKS}+ attention "
+            f"blocks of per-head counts (of {len(models)} models"
+            + (f"; {missing} logged without per-head noise" if missing else "")
+            + f"); the test needs >= {need} architectures with >= {MIN_SNR_BLOCKS} attention "
+            "blocks each (seeds of one architecture do not count apart)"
         )
-        return Verdict("snr", claim, NO_DATA, reason, figure, rule, recon, tuple(details))
-    p = stats.sign_flip_test([r * w for r, w in zip(rhos, weights)])
-    mean = float(np.mean(rhos))
+        return Verdict("snr", claim, NO_DATA, reason, figure, rule, recon, details)
+    p, means = _arch_sign_flip(groups)
+    mean = float(np.mean(means))
+    population = _population(groups)
     reason = (
-        f"mean rho {mean:+.2f} over {len(rhos)} models ({sum(r > 0 for r in rhos)} rising), "
-        f"one-sided sign-flip {_p(p)}; units: {units}"
+        f"mean rho {mean:+.2f} over {len(means)} architectures ({sum(r > 0 for r in means)} "
+        f"rising), one-sided sign-flip {_p(p)}"
     )
     if p < level:
         status = HELD
     elif mean > 0:
         status = NO_DATA
-        reason += "; more models (seeds) would tell"
+        reason += _more_units(means, level, "architectures")
     else:
         status = NOT_HELD
-    return Verdict("snr", claim, status, reason, figure, rule, recon, tuple(details), p)
-
-
-def _seeds_repeated(curves: Sequence[SnrSeries]) -> bool:
-    seeds: dict[str, set] = {}
-    for s in curves:
-        seeds.setdefault(s.arch, set()).add(s.seed)
-    return any(len(v) > 1 for v in seeds.values())
+    return Verdict("snr", claim, status, reason, figure, rule, recon, details, p, population)
 
 
 # --------------------------------------------------------------------------------------
@@ -276,7 +280,12 @@ class HeadBlock:
     block: int
     num_classes: int
     label_sets: tuple[tuple[int, ...], ...]  # per head: the labels in its clusters
-    unit_noise: tuple[int, ...]  # per head: ones outside its cluster blocks
+    unit_noise: tuple[int, ...]  # per head: ones outside its cluster blocks (() not logged)
+    arch: str = ""  # architecture label ("" = the trial is its own architecture)
+
+    @property
+    def has_noise(self) -> bool:
+        return len(self.unit_noise) == len(self.label_sets) > 0
 
 
 def small_cluster_max(num_classes: int) -> int:
@@ -288,11 +297,30 @@ def head_passes(labels: int, noise: int, num_classes: int) -> bool:
     return 1 <= labels <= small_cluster_max(num_classes) and labels >= MIN_HEAD_SNR * noise
 
 
+def head_overlap(label_sets: Sequence[Sequence[int]]) -> float | None:
+    """Mean pairwise Jaccard overlap of the non-empty label sets (None: fewer than two)."""
+    sets = [set(s) for s in label_sets if s]
+    pairs = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+    return float(np.mean(pairs)) if pairs else None
+
+
 def head_counts(h: HeadBlock) -> tuple[int, int]:
-    """(passing heads, heads) of one trial's block."""
-    noise = list(h.unit_noise) + [0] * (len(h.label_sets) - len(h.unit_noise))
-    ok = sum(head_passes(len(s), n, h.num_classes) for s, n in zip(h.label_sets, noise))
+    """(passing heads, heads) of one trial's block; (0, n) without per-head noise."""
+    if not h.has_noise:
+        return 0, len(h.label_sets)
+    ok = sum(head_passes(len(s), n, h.num_classes) for s, n in zip(h.label_sets, h.unit_noise))
     return ok, len(h.label_sets)
+
+
+def trial_share(h: HeadBlock) -> float | None:
+    """The share of h's heads passing, 0 when its heads do not differ, None without noise."""
+    if not h.has_noise:
+        return None
+    overlap = head_overlap(h.label_sets)
+    if overlap is not None and overlap > MAX_HEAD_OVERLAP:
+        return 0.0
+    ok, n = head_counts(h)
+    return ok / n
 
 
 def specialisation_verdict(
@@ -303,30 +331,56 @@ def specialisation_verdict(
     need = stats.min_units_for(level)
     rule = (
         f"per head of each trial's last attention block: 1 to {SMALL_CLUSTER_SHARE:.0%} of "
-        f"the labels in clusters and noise <= labels / {MIN_HEAD_SNR:g}; one-sided exact "
-        f"binomial test that more than {HEAD_SHARE:.0%} of the heads pass, p < {level:g}"
+        f"the labels in clusters and noise <= labels / {MIN_HEAD_SNR:g}; per trial: the share "
+        f"passing, 0 unless its heads differ (mean pairwise Jaccard <= {MAX_HEAD_OVERLAP:g}); "
+        f"per architecture: the mean over its trials; one-sided exact sign-flip test that it "
+        f"exceeds {HEAD_SHARE:.0%} over >= {need} architectures, p < {level:g}"
     )
-    counts = [(h, *head_counts(h)) for h in heads]
-    passed = sum(ok for _, ok, _ in counts)
-    total = sum(n for _, _, n in counts)
-    details = tuple(
-        f"{h.trial} block {h.block}: {ok}/{n} heads pass (<= {small_cluster_max(h.num_classes)} "
-        f"of {h.num_classes} labels, SNR >= {MIN_HEAD_SNR:g})"
-        for h, ok, n in counts
+    details = tuple(_head_detail(h) for h in heads)
+    groups = _by_arch(
+        [_with_arch(h) for h in heads],
+        lambda h: None if (s := trial_share(h)) is None else s - HEAD_SHARE,
     )
-    if total < need:
+    if len(groups) < need:
+        missing = sum(not h.has_noise for h in heads)
         reason = (
-            f"{total} analysed head(s) in the trials' last attention blocks (shp/summary.json, "
-            f"held-out validation); the test needs >= {need}: analyse more trials"
-        )
+            f"{len(groups)} architecture(s) with per-head labels and noise in their last "
+            f"attention block (of {len(heads)} analysed trials"
+            + (f"; {missing} without per-head noise: not enough data, not noise-free" if missing else "")
+            + f"); the test needs >= {need} architectures"
+        )  # fmt: skip
         return Verdict("heads", claim, NO_DATA, reason, figure, rule, (SNR_RULE,), details)
-    p = stats.binom_sf_p(passed, total, HEAD_SHARE)
-    share = passed / total
-    reason = f"{passed} of {total} heads pass ({share:.0%}; {len(heads)} trials), binomial {_p(p)}"
+    p, means = _arch_sign_flip(groups)
+    share = HEAD_SHARE + float(np.mean(means))
+    reason = (
+        f"mean share of heads passing {share:.0%} over {len(means)} architectures, one-sided "
+        f"sign-flip {_p(p)}"
+    )
     status = HELD if p < level else (NO_DATA if share > HEAD_SHARE else NOT_HELD)
     if status == NO_DATA:
-        reason += "; more heads (trials) would tell"
-    return Verdict("heads", claim, status, reason, figure, rule, (SNR_RULE,), details, p)
+        reason += _more_units(means, level, "architectures")
+    return Verdict(
+        "heads", claim, status, reason, figure, rule, (SNR_RULE,), details, p, _population(groups)
+    )
+
+
+def _with_arch(h: HeadBlock) -> HeadBlock:
+    if h.arch:
+        return h
+    return HeadBlock(h.trial, h.block, h.num_classes, h.label_sets, h.unit_noise, h.trial)
+
+
+def _head_detail(h: HeadBlock) -> str:
+    where = f"{h.trial} block {h.block}"
+    if not h.has_noise:
+        return f"{where}: no per-head noise logged: not enough data"
+    ok, n = head_counts(h)
+    overlap = head_overlap(h.label_sets)
+    differ = "-" if overlap is None else f"{overlap:.2f}"
+    return (
+        f"{where}: {ok}/{n} heads pass (<= {small_cluster_max(h.num_classes)} of "
+        f"{h.num_classes} labels, SNR >= {MIN_HEAD_SNR:g}), overlap {differ}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -340,6 +394,17 @@ class ModelAccuracy:
     head_dim: int | None
     val_accuracy: float
     val_correct: np.ndarray | None = None  # (n_val,) bool, the validation images in order
+    test_accuracy: float | None = None
+    test_correct: np.ndarray | None = None  # (n_test,) bool
+    structure: tuple = ()  # (knob, value) of every architecture knob that varied
+
+    @property
+    def key(self) -> tuple:
+        return self.structure or (("num_heads", self.num_heads), ("head_dim", self.head_dim))
+
+    @property
+    def heads(self) -> str:
+        return f"{self.num_heads}x{self.head_dim}"
 
 
 def difference(
@@ -351,9 +416,17 @@ def difference(
     return stats.unpaired_difference(a_acc, n, b_acc, n), "unpaired"
 
 
+def select_structures(models: Sequence[ModelAccuracy]) -> list[ModelAccuracy]:
+    """The best trial (validation) of each structure, best first: the choice, on validation."""
+    best: dict[tuple, ModelAccuracy] = {}
+    for m in sorted(models, key=lambda m: -m.val_accuracy):
+        best.setdefault(m.key, m)
+    return list(best.values())
+
+
 def equal_accuracy_verdict(
     models: Sequence[ModelAccuracy],
-    n_val: int | None,
+    n_test: int | None,
     *,
     margin: float = EQUIVALENCE_MARGIN,
     level: float = LEVEL,
@@ -362,50 +435,62 @@ def equal_accuracy_verdict(
     """Claim 3 (see the module docstring); `margin` a fraction (0.02 = 2 points)."""
     claim = "Several architectures reach equal accuracy with different head structures"
     rule = (
-        f"best trial of each head structure (num_heads, head_dim) vs the best overall, on "
-        f"validation: TOST equivalence within {100 * margin:g} points (paired Tango score tests), "
-        f"Bonferroni over the structures, p < {level:g}"
+        "structure = every architecture knob that varied; the best trial of each structure "
+        f"chosen on validation, judged on test: TOST equivalence within {100 * margin:g} points "
+        "of the best (paired Tango score tests) for each structure with other heads, "
+        f"Bonferroni over them, p < {level:g}"
     )
-    best: dict[tuple, ModelAccuracy] = {}
-    for m in sorted(models, key=lambda m: -m.val_accuracy):
-        best.setdefault((m.num_heads, m.head_dim), m)
-    if len(best) < 2:
-        reason = f"{len(best)} head structure(s) among {len(models)} finished trial(s)"
+    chosen = select_structures(models)
+    top = chosen[0] if chosen else None
+    others = [m for m in chosen[1:] if (m.num_heads, m.head_dim) != (top.num_heads, top.head_dim)]
+    if top is None or not others:
+        reason = f"{len(chosen)} structure(s), none with other heads than the best"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
-    top, *others = best.values()
-    n = n_val or (len(top.val_correct) if top.val_correct is not None else 0)
-    if not n:
-        reason = "validation set size unknown (no logits): no test"
+    judged = [m for m in (top, *others) if m.test_accuracy is not None]
+    n = n_test or (len(top.test_correct) if top.test_correct is not None else 0)
+    if top not in judged or len(judged) < 2 or not n:
+        reason = "no test accuracy (or test set size) for the chosen trials: nothing to judge on"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
+    others = judged[1:]
     alpha = level / len(others)
     results, details = [], []
     for m in others:
-        d, how = difference(top.val_accuracy, top.val_correct, m.val_accuracy, m.val_correct, n)
+        d, how = difference(top.test_accuracy, top.test_correct, m.test_accuracy, m.test_correct, n)
         eq = stats.equivalence(d, margin, alpha)
         lo, hi = d.interval(1 - 2 * alpha)
         results.append((m, d, eq))
         details.append(
-            f"{m.num_heads} heads x {m.head_dim} ({m.trial}) vs {top.num_heads} x "
-            f"{top.head_dim} ({top.trial}): {_pts(-d.diff)} points [{_pts(-hi)}, {_pts(-lo)}] "
-            f"({how}, n {d.n}), TOST {_p(eq.p_value)}: {eq.outcome}"
+            f"{m.heads} ({m.trial}) vs {top.heads} ({top.trial}) on test: {_pts(-d.diff)} "
+            f"points [{_pts(-hi)}, {_pts(-lo)}] ({how}, n {d.n}), TOST {_p(eq.p_value)}: "
+            f"{eq.outcome}"
         )
+    return _equal_outcome(claim, rule, figure, results, len(others), margin, alpha, details)
+
+
+def _equal_outcome(claim, rule, figure, results, k, margin, alpha, details) -> Verdict:
+    generalises = "the trained models chosen on validation (not the structures' seed means)"
     equal = [r for r in results if r[2].outcome == "equivalent"]
-    p = min(r[2].p_value for r in results) * len(others)
-    names = ", ".join(f"{m.num_heads}x{m.head_dim}" for m, _, _ in equal)
+    p = min(1.0, min(r[2].p_value for r in results) * k)
     if equal:
-        reason = f"{len(equal)} other head structure(s) within {100 * margin:g} points of the best ({names})"
-        return Verdict("equal", claim, HELD, reason, figure, rule, (), tuple(details), min(p, 1.0))
-    if all(r[2].outcome == "different" for r in results):
+        names = ", ".join(m.heads for m, _, _ in equal)
+        reason = (
+            f"{len(equal)} other head structure(s) within {100 * margin:g} points of the best "
+            f"on test ({names})"
+        )
+        status = HELD
+    elif all(r[2].outcome == "different" for r in results):
         reason = f"every other head structure is more than {100 * margin:g} points below the best"
-        return Verdict("equal", claim, NOT_HELD, reason, figure, rule, (), tuple(details), p)
-    m, d, _ = min(results, key=lambda r: r[2].p_value)
-    more = stats.n_for_equivalence(d.diff, d.se, d.n, margin, alpha)
-    reason = (
-        f"no head structure shown within {100 * margin:g} points of the best (closest: "
-        f"{m.num_heads}x{m.head_dim}, {_pts(-d.diff)} points); "
-        + (f"~{more} validation images would tell" if more else "its difference is at the margin")
-    )
-    return Verdict("equal", claim, NO_DATA, reason, figure, rule, (), tuple(details), min(p, 1.0))
+        status = NOT_HELD
+    else:
+        m, d, _ = min(results, key=lambda r: r[2].p_value)
+        more = stats.n_for_equivalence(d.diff, d.se, d.n, margin, alpha)
+        reason = (
+            f"no head structure shown within {100 * margin:g} points of the best on test "
+            f"(closest: {m.heads}, {_pts(-d.diff)} points); "
+            + (f"~{more} test images would tell" if more else "its difference is at the margin")
+        )
+        status = NO_DATA
+    return Verdict("equal", claim, status, reason, figure, rule, (), tuple(details), p, generalises)
 
 
 # --------------------------------------------------------------------------------------
@@ -431,8 +516,9 @@ def committee_verdict(
     claim = "The soft committee beats each member"
     rule = (
         "the earliest committee run made by the default rule on validation; on the same test "
-        f"images, one-sided exact McNemar test against every member, all p < {level:g} "
-        "(intersection-union); 95 % Wald interval of each gain"
+        f"images, against every member: one-sided score test that the gain exceeds "
+        f"{_pts(MIN_COMMITTEE_GAIN)} points and its one-sided {1 - level:.0%} lower bound, "
+        f"all p < {level:g} (intersection-union)"
     )
     if c is None:
         reason = "no committee run for this sweep (python -m analysis.committee)"
@@ -449,32 +535,32 @@ def committee_verdict(
     rows, details = [], []
     for name, correct in zip(c.members, c.member_test_correct):
         d = stats.paired_difference(c.committee_test_correct, correct)
-        p = stats.mcnemar_exact(d.wins, d.losses)
-        lo, hi = d.interval()
-        rows.append((name, d, p))
+        g = stats.gain_above(d, MIN_COMMITTEE_GAIN, level)
+        rows.append((name, d, g))
         details.append(
-            f"vs {name}: {_pts(d.diff)} points [{_pts(lo)}, {_pts(hi)}], "
-            f"{d.wins} wins / {d.losses} losses, exact McNemar {_p(p)}"
+            f"vs {name}: {_pts(d.diff)} points (one-sided {1 - level:.0%} lower bound "
+            f"{_pts(g.lower)}), {d.wins} wins / {d.losses} losses, score test {_p(g.p_value)}"
         )
-    worst = max(rows, key=lambda r: r[2])
-    head = rows[0][1]  # the member with the best validation accuracy
-    lo, hi = head.interval()
+    worst = max(rows, key=lambda r: r[2].p_value)
+    head = rows[0]  # the member with the best validation accuracy
     reason = (
-        f"gain over the member best on validation {_pts(head.diff)} points [{_pts(lo)}, "
-        f"{_pts(hi)}] on {head.n} test images; weakest comparison: vs {worst[0]} "
-        f"{_pts(worst[1].diff)} points, {_p(worst[2])}"
+        f"gain over the member best on validation {_pts(head[1].diff)} points (lower bound "
+        f"{_pts(head[2].lower)}) on {head[1].n} test images; weakest comparison: vs {worst[0]} "
+        f"{_pts(worst[1].diff)} points (lower bound {_pts(worst[2].lower)}), {_p(worst[2].p_value)}"
     )
-    if worst[2] < level:
+    generalises = "this committee and these members (a general claim needs committees over seeds)"
+    if worst[2].p_value < level:
         status = HELD
-    elif all(d.diff > 0 for _, d, _ in rows):
+    elif all(d.diff > MIN_COMMITTEE_GAIN for _, d, _ in rows):
         status = NO_DATA
-        z = stats.z_quantile(1 - level)
-        d = worst[1]
-        zobs = (d.wins - d.losses) / math.sqrt(d.wins + d.losses) if d.wins + d.losses else 0.0
-        reason += f"; ~{math.ceil(d.n * (z / zobs) ** 2)} test images would tell" if zobs else ""
+        more = stats.n_for_gain(worst[1], MIN_COMMITTEE_GAIN, level)
+        reason += f"; ~{more} test images would tell" if more else ""
     else:
         status = NOT_HELD
-    return Verdict("committee", claim, status, reason, figure, rule, (), tuple(details), worst[2])
+    return Verdict(
+        "committee", claim, status, reason, figure, rule, (), tuple(details),
+        worst[2].p_value, generalises,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -491,6 +577,18 @@ class ConvModel:
     latency_source: str = "re-measured"  # or "logged in-sweep"
     latency_rounds: tuple[float, ...] = ()  # re-measured: the median of each timing round
     test_correct: np.ndarray | None = None  # (n_test,) bool
+    others: tuple = ()  # (knob, value) of every other architecture knob that varied
+
+
+def conv_pairs(models: Sequence[ConvModel]) -> list[tuple[ConvModel, ConvModel]]:
+    """Matched comparisons: within each group sharing every other varied knob, the best
+    (validation) trial of each conv_blocks c > 0 with the group's best c = 0 trial."""
+    groups: dict[tuple, dict[int, ConvModel]] = {}
+    for m in sorted(models, key=lambda m: -m.val_accuracy):
+        groups.setdefault(m.others, {}).setdefault(m.conv_blocks, m)
+    return [
+        (best[0], best[c]) for best in groups.values() if 0 in best for c in sorted(best) if c > 0
+    ]
 
 
 def conv_verdict(
@@ -504,56 +602,77 @@ def conv_verdict(
     """Claim 5 (see the module docstring)."""
     claim = "Conv-substituted blocks cut latency without losing accuracy"
     rule = (
-        f"best (validation) conv_blocks=c>0 trial vs best conv_blocks=0: re-measured rounds "
-        f"more than {MIN_SPEEDUP:.0%} faster (exact one-sided rank-sum) and test accuracy "
-        f"within {100 * margin:g} points (TOST), both p < {level:g}/(values of c)"
+        "matched pairs (every other varied knob equal): best (validation) conv_blocks=c>0 vs "
+        f"best conv_blocks=0 of the group; re-measured rounds more than {MIN_SPEEDUP:.0%} faster "
+        f"(exact one-sided rank-sum) and test accuracy within {100 * margin:g} points (TOST), "
+        f"both p < {level:g}/(comparisons)"
     )
     recon = (CONV_RULE,)
-    best: dict[int, ConvModel] = {}
-    for m in sorted(models, key=lambda m: -m.val_accuracy):
-        best.setdefault(m.conv_blocks, m)
-    ref, subs = best.get(0), [best[c] for c in sorted(best) if c > 0]
-    if ref is None or not subs:
-        have = ", ".join(str(c) for c in sorted(best)) or "none"
-        reason = f"needs trials with conv_blocks = 0 and > 0 (have: {have})"
-        return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
-    timed = [m for m in (ref, *subs) if len(m.latency_rounds) >= MIN_LATENCY_ROUNDS]
-    if ref not in timed or len(timed) < 2 or ref.test_accuracy is None:
+    pairs = conv_pairs(models)
+    if not pairs:
+        have = ", ".join(str(c) for c in sorted({m.conv_blocks for m in models})) or "none"
         reason = (
-            f"latency not re-measured in >= {MIN_LATENCY_ROUNDS} rounds for the compared trials "
-            "(the in-sweep figure was taken while trials shared the device): run the report "
-            "without --no-remeasure"
+            f"no conv_blocks > 0 trial shares its other knobs with a conv_blocks = 0 trial "
+            f"(conv_blocks values: {have}); a sweep varying conv_blocks over a fixed remaining "
+            "architecture would reach it"
         )
         return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
-    subs = [s for s in subs if s in timed and s.test_accuracy is not None]
-    alpha = level / len(subs)
-    results, details = [], []
-    for s in subs:
-        scaled = [t / (1 - MIN_SPEEDUP) for t in s.latency_rounds]
-        p_lat = stats.rank_sum_less(scaled, ref.latency_rounds)
-        speed = 1 - float(np.median(s.latency_rounds) / np.median(ref.latency_rounds))
-        d, how = difference(
-            s.test_accuracy, s.test_correct, ref.test_accuracy, ref.test_correct, n_test or 0
+    alpha = level / len(pairs)
+    need = stats.rounds_for(alpha)
+    short = [
+        m.trial
+        for pair in pairs
+        for m in pair
+        if len(m.latency_rounds) < need or m.test_accuracy is None
+    ]
+    if short:
+        reason = (
+            f"{len(pairs)} matched comparison(s) need >= {need} re-measured timing rounds per "
+            f"model (level {level:g}/{len(pairs)}) and a test accuracy; short: "
+            f"{', '.join(dict.fromkeys(short))} (an in-sweep figure was taken while trials "
+            "shared the device)"
         )
-        eq = stats.equivalence(d, margin, alpha)
-        p = max(p_lat, eq.p_value)
-        results.append((s, speed, p_lat, eq, p))
-        details.append(
-            f"conv_blocks={s.conv_blocks} ({s.trial}) vs 0 ({ref.trial}): {100 * speed:+.0f}% "
-            f"faster over {len(s.latency_rounds)}+{len(ref.latency_rounds)} rounds, rank-sum "
-            f"{_p(p_lat)}; test {_pts(d.diff)} points ({how}), TOST {_p(eq.p_value)}"
-        )
-    best_r = min(results, key=lambda r: r[4])
-    s, speed, p_lat, eq, p = best_r
+        return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
+    results = [_conv_compare(ref, s, n_test, margin, alpha) for ref, s in pairs]
+    return _conv_outcome(claim, rule, figure, recon, results, alpha, len(pairs))
+
+
+def _conv_compare(ref: ConvModel, s: ConvModel, n_test, margin, alpha) -> tuple:
+    scaled = [t / (1 - MIN_SPEEDUP) for t in s.latency_rounds]
+    p_lat = stats.rank_sum_less(scaled, ref.latency_rounds)
+    speed = 1 - float(np.median(s.latency_rounds) / np.median(ref.latency_rounds))
+    d, how = difference(s.test_accuracy, s.test_correct, ref.test_accuracy, ref.test_correct,
+                        n_test or 0)  # fmt: skip
+    eq = stats.equivalence(d, margin, alpha)
+    text = (
+        f"conv_blocks={s.conv_blocks} ({s.trial}) vs 0 ({ref.trial}): {100 * speed:+.0f}% "
+        f"faster over {len(s.latency_rounds)}+{len(ref.latency_rounds)} rounds, rank-sum "
+        f"{_p(p_lat)}; test {_pts(d.diff)} points ({how}), TOST {_p(eq.p_value)}"
+    )
+    return s, speed, p_lat, eq, max(p_lat, eq.p_value), d, text
+
+
+def _conv_outcome(claim, rule, figure, recon, results, alpha, k) -> Verdict:
+    details = tuple(r[6] for r in results)
+    s, speed, p_lat, eq, p, d, _ = min(results, key=lambda r: r[4])
     reason = (
         f"c={s.conv_blocks}: {100 * speed:.0f}% faster (rank-sum {_p(p_lat)}), test accuracy "
-        f"TOST {_p(eq.p_value)} within {100 * margin:g} points"
+        f"TOST {_p(eq.p_value)} within {EQUIVALENCE_MARGIN * 100:g} points; {k} matched "
+        "comparison(s)"
     )
-    p_all = min(1.0, p * len(subs))
+    generalises = "these matched pairs of trained models, timed on this device"
+    p_all = min(1.0, p * k)
     if p < alpha:
-        return Verdict("conv", claim, HELD, reason, figure, rule, recon, tuple(details), p_all)
+        return Verdict(
+            "conv", claim, HELD, reason, figure, rule, recon, details, p_all, generalises
+        )
     refuted = all(r[1] <= MIN_SPEEDUP or r[3].outcome == "different" for r in results)
     status = NOT_HELD if refuted else NO_DATA
     if status == NO_DATA:
-        reason += "; more timing rounds or test images would tell"
-    return Verdict("conv", claim, status, reason, figure, rule, recon, tuple(details), p_all)
+        more = stats.n_for_equivalence(d.diff, d.se, d.n, EQUIVALENCE_MARGIN, alpha)
+        reason += (
+            f"; more timing rounds (now {len(s.latency_rounds)})"
+            + (f" or ~{more} test images" if more and eq.outcome != "equivalent" else "")
+            + " would tell"
+        )
+    return Verdict("conv", claim, status, reason, figure, rule, recon, details, p_all, generalises)
