@@ -20,12 +20,28 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+from mlflow.exceptions import MlflowException
+
+from analysis.report.calibrate import main as calibrate
+from analysis.report.collect import ReportError, SweepData, collect
+from analysis.report.evidence import verdicts
+from analysis.report.html import Page, render
+from analysis.report.latency import latencies
+from analysis.report.sections import (
+    accuracy_section,
+    committee_section,
+    heads_section,
+    latency_section,
+    methods_section,
+    search_section,
+    snr_section,
+    trials_section,
+)
+from analysis.runs import REPORT_DIR, RunLookupError, default_tracking_uri, open_store, quiet_mlflow
+from analysis.shp.mlflow_io import download_checkpoint
 from cct.cli import OneLineParser, fail
-
-if TYPE_CHECKING:
-    from analysis.report.collect import SweepData
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,25 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.calibrate:
-        from analysis.report.calibrate import main as calibrate
-
         return calibrate()
     if args.latency_runs < 1:
         fail(f"--latency-runs {args.latency_runs}: must be >= 1")
     if args.threads < 1:
         fail(f"--threads {args.threads}: must be >= 1")
     if args.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             fail("--device cuda: no CUDA device is visible")
     if args.out.is_dir():
         fail(f"--out {args.out}: is a folder; give a file name such as report.html")
-    from analysis.runs import default_tracking_uri, open_store, quiet_mlflow
 
     quiet_mlflow()
-    from analysis.report.collect import ReportError, collect
-    from analysis.runs import REPORT_DIR, RunLookupError
 
     uri = args.tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="cct-report-") as tmp:
@@ -119,9 +128,6 @@ def _fetcher(uri: str) -> Callable[[str, Path], Path]:
     """run id, folder -> the run's downloaded `checkpoint/` folder (FileNotFoundError if none)."""
 
     def fetch(run_id: str, dst: Path) -> Path:
-        from mlflow.exceptions import MlflowException
-
-        from analysis.shp.mlflow_io import download_checkpoint
 
         try:
             return download_checkpoint(run_id, dst, uri)
@@ -143,19 +149,6 @@ def build_page(
 ) -> str:
     """Latencies (re-measured through `fetch`, or the logged ones when None), verdicts,
     sections, HTML."""
-    from analysis.report.evidence import verdicts
-    from analysis.report.html import Page, render
-    from analysis.report.latency import latencies
-    from analysis.report.sections import (
-        accuracy_section,
-        committee_section,
-        heads_section,
-        latency_section,
-        methods_section,
-        search_section,
-        snr_section,
-        trials_section,
-    )
 
     lat = latencies(data.trials, fetch, runs=latency_runs, device=device, threads=threads)
     verdict_list = verdicts(data, lat)

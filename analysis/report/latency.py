@@ -24,10 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from analysis.pareto import pareto_front
 from analysis.progress import bar
 from analysis.report.collect import Trial, knob_values, varied_knobs
 from analysis.report.stats import LEVEL, rounds_for
+from cct.checkpoint import load_model
+from cct.measure import device_name, time_forward
 
 MAX_FINALISTS = 4
 MAX_CONV_GROUPS = 3  # matched groups re-measured for the conv claim (each costs a model per c)
@@ -94,9 +98,6 @@ def logged(t: Trial, note: str = "") -> Latency:
 def load_finalist(run_id: str, fetch: Callable[[str, Path], Path], device: str):
     """The run's model from its checkpoint (fetch(run_id, dst) -> folder), on `device`."""
     # deferred: torch and the model code cost seconds to import, only needed to re-measure
-    import torch
-
-    from cct.checkpoint import load_model
 
     with tempfile.TemporaryDirectory(prefix="cct-report-ckpt-") as tmp:
         folder = fetch(run_id, Path(tmp))
@@ -118,9 +119,6 @@ def time_rounds(
     batch-1 timings of small models noisier, not faster). The models' order is shuffled
     within each round (seeded)."""
     # deferred: torch costs seconds to import, only needed to re-measure
-    import torch
-
-    from cct.measure import device_name, time_forward
 
     before = torch.get_num_threads()
     if device == "cpu":
