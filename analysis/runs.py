@@ -31,6 +31,7 @@ SWEEP_RUN_TAG = "sweep_run_id"  # on committee runs
 TRIAL_ID_TAG = "trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STOPPED_EARLY_TAG = "stopped_early"  # "true" on trials a scheduler stopped
+CANCELLED_TAG = "cancelled"  # "true" on trials cancelled from a shell (orchestrator/control)
 # "true" on a sweep run and its unfinished trial runs stopped by SIGINT/SIGTERM (KILLED, as
 # a scheduler-stopped trial is; this tag tells them apart); removed when they resume
 INTERRUPTED_TAG = "interrupted"

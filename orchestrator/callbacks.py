@@ -21,9 +21,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from ray.tune import Callback
 
-from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG, STOPPED_EARLY_TAG, find_trial_run
+from analysis.runs import (
+    CANCELLED_TAG,
+    FAILURE_MESSAGE_TAG,
+    FAILURE_TAG,
+    STOPPED_EARLY_TAG,
+    find_trial_run,
+)
 from cct.typed_reader import python_value
 from orchestrator.console import format_eta, format_table, format_value
+from orchestrator.control.requests import CancelStopper
 from orchestrator.study import StudyPlace, distributions
 from orchestrator.tracking import set_status
 from orchestrator.tune_objects import FAILED_KEY, FINISHED_KEY, TRIAL_ATTR
@@ -65,6 +72,14 @@ class MlflowStatusCallback(Callback):
             set_status(client, run_id, "FAILED")
         elif "test_accuracy" in last:  # only the trainer's final report carries it
             set_status(client, run_id, "FINISHED")
+        elif trial.trial_id in CancelStopper.cancelled:  # `orchestrator.sweep cancel`
+            client.set_tag(run_id, CANCELLED_TAG, "true")
+            client.set_tag(
+                run_id,
+                FAILURE_MESSAGE_TAG,
+                f"cancelled from {CancelStopper.cancelled[trial.trial_id]}",
+            )
+            set_status(client, run_id, "KILLED")
         else:  # stopped by the scheduler (e.g. ASHA) before its budget
             client.set_tag(run_id, STOPPED_EARLY_TAG, "true")
             set_status(client, run_id, "KILLED")

@@ -10,7 +10,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from orchestrator.cluster import (
     cluster_capacity,
     cluster_problems,
 )
+from orchestrator.control.lease import SweepBusy, running_elsewhere
+from orchestrator.control.requests import CancelStopper, driving
 from orchestrator.study import (
     StudyPlace,
     WarmStart,
@@ -264,6 +266,7 @@ def make_tuner(
             name=name,
             storage_path=spec.storage_path,
             callbacks=callbacks,
+            stop=CancelStopper(),  # trials cancelled with `python -m orchestrator.sweep cancel`
             verbose=1 if verbose else 0,  # Tune's own tables and boxes; ours: console.py
             # A trial that fails for good ends normally (orchestrator.worker.loop); what is left
             # is a lost trial actor or driver node, which a retry heals.
@@ -298,11 +301,19 @@ def sweep_study(
     return place
 
 
+def shares_devices(spec: SweepSpec, capacity: Capacity) -> bool:
+    """Whether trials may share a device, which makes their latency noisy (SPEC 5)."""
+    return max_concurrent(spec, capacity) > 1 or spec.resources.gpus_per_worker < 1
+
+
 def refuse_early(
     spec: SweepSpec, tracking_uri: str, address: str | None, *, fresh: bool, verbose: bool
 ) -> tuple[WarmStart | None, Capacity]:
-    """What can refuse the sweep before anything is written: the earlier sweep a warm start
-    names (read before Ray starts), then the cluster, which is started or joined here."""
+    """What can refuse the sweep before anything is written: a live driver of the same
+    sweep, the earlier sweep a warm start names (read before Ray starts), then the cluster, which is started or joined here."""
+    held = running_elsewhere(tracking_uri, spec.experiment, spec.name)
+    if held is not None:  # another live driver runs this sweep
+        raise SweepRefused(str(SweepBusy(spec.name, held)))
     warm = None
     if spec.tune.warm_start:
         try:
@@ -359,57 +370,65 @@ def run_sweep(
     interruption = Interruption()
     interruption.install()
     client, experiment_id, parent_run_id, results = None, "", "", None
-    try:
-        warm, capacity = refuse_early(spec, tracking_uri, address, fresh=fresh, verbose=verbose)
-        # Then MLflow, in this one process: several processes creating a new sqlite store
-        # at once crash, and every trial must find the experiment and parent run ready.
-        client = MlflowClient(tracking_uri)
-        artifact_root = Path.cwd() / "mlartifacts" if is_local_store(tracking_uri) else None
-        experiment_id = ensure_experiment(client, spec.experiment, artifact_root)
-        parent_run_id, ray_experiment, resumed = open_parent_run(
-            client, experiment_id, spec, resume=resume, fresh=fresh
-        )
-        print(
-            f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
-            f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
-            flush=True,
-        )
-        study = sweep_study(client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm)
-        ctx = SweepContext(
-            spec=spec,
-            tracking_uri=tracking_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            train_storage=f"{spec.storage_path.rstrip('/')}/{ray_experiment}-train",
-            latency_shared=max_concurrent(spec, capacity) > 1 or spec.resources.gpus_per_worker < 1,
-            simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
-        )
-        tuner = sweep_tuner(ctx, ray_experiment, capacity, interruption, study, verbose=verbose)
-        with quiet_tune_restore_hint():
-            results, problem = fit_watching(tuner, spec, capacity)
-        if problem:  # a node that cannot see the storage stopped it: not an interruption
-            set_status(client, parent_run_id, "FAILED")
-            raise SweepRefused(f"{problem}; the sweep stopped: fix it, then --resume")
-    except KeyboardInterrupt:
-        Interruption.record(signal.SIGINT)
-    finally:
-        ray.shutdown()
-    signum = Interruption.signum()
-    if signum is not None:
-        return interrupted(
-            spec,
-            client,
-            experiment_id,
-            parent_run_id,
-            results,
-            signum,
-            resume_command=resume_command,
-        )
-    summary = summarize(spec, results, client, experiment_id, parent_run_id)
-    errored = summary["errored"]
-    set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
-    print_summary(spec, summary, tracking_uri=tracking_uri)
-    return 1 if errored and not summary["finished"] else 0
+    with ExitStack() as lease:
+        try:
+            warm, capacity = refuse_early(spec, tracking_uri, address, fresh=fresh, verbose=verbose)
+            # Then MLflow, in this one process: several processes creating a new sqlite store
+            # at once crash, and every trial must find the experiment and parent run ready.
+            client = MlflowClient(tracking_uri)
+            artifact_root = Path.cwd() / "mlartifacts" if is_local_store(tracking_uri) else None
+            experiment_id = ensure_experiment(client, spec.experiment, artifact_root)
+            try:  # one live driver per sweep: this one, from here to the end
+                presence = lease.enter_context(driving(tracking_uri, experiment_id, spec.name))
+            except SweepBusy as e:
+                raise SweepRefused(str(e)) from None
+            parent_run_id, ray_experiment, resumed = open_parent_run(
+                client, experiment_id, spec, resume=resume, fresh=fresh
+            )
+            presence.attach(parent_run_id)
+            print(
+                f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
+                f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
+                flush=True,
+            )
+            study = sweep_study(
+                client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm
+            )
+            ctx = SweepContext(
+                spec=spec,
+                tracking_uri=tracking_uri,
+                experiment_id=experiment_id,
+                parent_run_id=parent_run_id,
+                train_storage=f"{spec.storage_path.rstrip('/')}/{ray_experiment}-train",
+                latency_shared=shares_devices(spec, capacity),
+                simulated_gpus=os.environ.get(SIMULATED_GPUS_ENV) == "1",
+            )
+            tuner = sweep_tuner(ctx, ray_experiment, capacity, interruption, study, verbose=verbose)
+            with quiet_tune_restore_hint():
+                results, problem = fit_watching(tuner, spec, capacity)
+            if problem:  # a node that cannot see the storage stopped it: not an interruption
+                set_status(client, parent_run_id, "FAILED")
+                raise SweepRefused(f"{problem}; the sweep stopped: fix it, then --resume")
+        except KeyboardInterrupt:
+            Interruption.record(signal.SIGINT)
+        finally:
+            ray.shutdown()
+        signum = Interruption.signum()
+        if signum is not None:
+            return interrupted(
+                spec,
+                client,
+                experiment_id,
+                parent_run_id,
+                results,
+                signum,
+                resume_command=resume_command,
+            )
+        summary = summarize(spec, results, client, experiment_id, parent_run_id)
+        errored = summary["errored"]
+        set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
+        print_summary(spec, summary, tracking_uri=tracking_uri)
+        return 1 if errored and not summary["finished"] else 0
 
 
 def interrupted(

@@ -1,5 +1,6 @@
 """`python -m orchestrator.sweep`: run a sweep file as a Ray Tune sweep of Ray Train trials,
-tracked in MLflow, resumable. With no --config it runs the offline quickstart."""
+tracked in MLflow, resumable. With no --config it runs the offline quickstart. Its commands
+`list`, `status`, `stop` and `cancel` see and steer running sweeps (orchestrator/control)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,21 @@ EPILOG = """examples:
   python -m orchestrator.sweep --config search_spaces/cifar100_lsmha.yaml --address auto
   python -m orchestrator.sweep --set optim.epochs=30 --fresh
 
+from any shell that reaches the sweep's MLflow store:
+  python -m orchestrator.sweep list                     # sweeps: state, trials, best, hours
+  python -m orchestrator.sweep status NAME              # its running trials
+  python -m orchestrator.sweep stop NAME                # as SIGTERM does; resumable
+  python -m orchestrator.sweep cancel NAME TRIAL        # one trial; the sweep goes on
+
 environment (ray_cluster.yaml sets both on the head node):
   MLFLOW_TRACKING_URI   MLflow store when the sweep file has no tracking.tracking_uri
                         (default: sqlite:///<cwd>/mlflow.db)
   CCT_STORAGE_PATH      Ray results and checkpoints when the file has no storage_path
                         (default: <cwd>/ray_results)
 """
+
+
+CONTROL_COMMANDS = ("list", "status", "stop", "cancel")  # orchestrator/control/commands.py
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,6 +106,12 @@ def dry_run(spec, tracking_uri: str, address: str | None, *, fresh: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CONTROL_COMMANDS:
+        # deferred: mlflow (seconds of imports) loads only for the commands that read the store
+        from orchestrator.control.commands import main as control
+
+        return control(argv)
     args = parse_args(argv)
     try:
         spec = load_spec(
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 address=address,
                 resume=args.resume,
                 fresh=args.fresh,
-                resume_command=resume_command(sys.argv[1:] if argv is None else argv),
+                resume_command=resume_command(argv),
                 verbose=args.verbose,
             )
     except SweepRefused as e:

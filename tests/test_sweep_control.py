@@ -1,0 +1,194 @@
+"""One live driver per sweep, and control from any shell (orchestrator/control): the lease
+refuses a second driver and is taken over once stale; `list`, `status`, `cancel` and `stop`
+against a real running sweep, then a resume that finishes every trial once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.runs import CANCELLED_TAG, trial_runs
+from orchestrator import sweep as sweep_cli
+from orchestrator.control import commands
+from orchestrator.control.lease import EXPIRES_S, SweepBusy, acquire, new_lease, read_lease
+from orchestrator.control.requests import Request, addressed_to, request_key
+from tests.conftest import local_env, small_sweep_yaml, wait_for
+
+
+def store(tmp_path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.create_experiment("ctl")
+
+
+def test_the_command_words_are_the_controls():
+    assert sweep_cli.CONTROL_COMMANDS == commands.COMMANDS
+
+
+def test_a_fresh_lease_refuses_a_second_driver_and_names_where_the_first_runs(tmp_path):
+    client, exp = store(tmp_path)
+    first = acquire(client, exp, "ctl", new_lease())
+    with pytest.raises(SweepBusy, match=f"process {first.pid} on {first.host}"):
+        acquire(client, exp, "ctl", new_lease())
+    assert read_lease(client, exp, "ctl").driver == first.driver
+
+
+def test_a_stale_lease_is_taken_over(tmp_path):
+    client, exp = store(tmp_path)
+    dead = replace(new_lease(), heartbeat=time.time() - EXPIRES_S - 1)  # a SIGKILLed driver
+    client.set_experiment_tag(exp, "cct.driver.ctl", dead.to_tag())
+    mine = acquire(client, exp, "ctl", new_lease())
+    assert read_lease(client, exp, "ctl").driver == mine.driver != dead.driver
+
+
+def test_of_two_drivers_starting_together_one_runs(tmp_path):
+    client, exp = store(tmp_path)
+    won, lost = [], []
+
+    def start() -> None:
+        try:
+            won.append(acquire(MlflowClient(client.tracking_uri), exp, "ctl", new_lease()))
+        except SweepBusy:
+            lost.append(1)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(won), len(lost)) == (1, 1)
+    assert read_lease(client, exp, "ctl").driver == won[0].driver
+
+
+def test_a_request_reaches_only_the_driver_it_names():
+    req = Request.new("driver-a", "cancel", "t1")
+    tags = {request_key("ctl", req.id): __import__("json").dumps(req.__dict__)}
+    assert addressed_to(tags, "ctl", "driver-a") == [req]
+    assert addressed_to(tags, "ctl", "driver-b") == []  # a resumed sweep's new driver
+    assert addressed_to({**tags, f"cct.ack.ctl.{req.id}": "1"}, "ctl", "driver-a") == []
+
+
+def test_a_second_sweep_command_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    client, exp = store(tmp_path)
+    held = acquire(client, exp, "ctl", new_lease())
+    (tmp_path / "sweep.yaml").write_text(
+        small_sweep_yaml(name="ctl", epochs=1, resources="{}", analysis="{blocks: none}")
+    )
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # the store's own creation lines
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CCT_STORAGE_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as e:
+        sweep_cli.main(["--config", "sweep.yaml"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"process {held.pid} on {held.host}" in err[0], err
+    assert client.search_runs([exp]) == [] and not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("argv", [["status", "nope"], ["stop", "nope"], ["cancel", "nope", "t"]])
+def test_a_name_that_matches_nothing_is_one_error_line(tmp_path, argv, capsys):
+    store(tmp_path)
+    capsys.readouterr()  # the store's own creation lines
+    with pytest.raises(SystemExit) as e:
+        commands.main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no sweep 'nope'" in err[0], err
+
+
+# --------------------------------------------------------------------------------------
+# against a real sweep
+
+
+def control(root, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *argv],
+        cwd=root, env=local_env(), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def start_driver(root) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"],
+        cwd=root, env=local_env(), stdout=(root / "sweep.log").open("a"),
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path):
+    root = tmp_path
+    (root / "sweep.yaml").write_text(
+        small_sweep_yaml(
+            name="ctl",
+            epochs=10,
+            resources="{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
+            analysis="{blocks: none}",
+        )
+    )
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+    def trials():
+        exp = client.get_experiment_by_name("ctl")
+        parents = client.search_runs([exp.experiment_id], "tags.role = 'sweep'") if exp else []
+        return trial_runs(client, exp.experiment_id, parents[0].info.run_id) if parents else []
+
+    def epochs_done(run) -> int:
+        return len(client.get_metric_history(run.info.run_id, "val_accuracy"))
+
+    driver = start_driver(root)
+    try:
+        wait_for(
+            lambda: len(trials()) == 2 and all(epochs_done(t) >= 1 for t in trials()),
+            420, "two trials past their first epoch", driver,
+        )  # fmt: skip
+        second = control(root, "--config", "sweep.yaml")
+        assert second.returncode == 2 and "already running" in second.stderr, second.stderr
+
+        listed = control(root, "list")
+        assert listed.returncode == 0 and "running" in listed.stdout, listed.stdout
+        status = control(root, "status", "ctl")
+        assert status.returncode == 0 and "model.num_heads" in status.stdout, status.stdout
+
+        victim = trials()[0].data.tags["trial_id"]
+        cancel = control(root, "cancel", "ctl", victim)
+        assert cancel.returncode == 0 and "cancel acknowledged" in cancel.stdout, cancel.stderr
+        wait_for(
+            lambda: client.get_run(trials()[0].info.run_id).info.status == "KILLED",
+            120, "the cancelled trial's run KILLED", driver,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        stop = control(root, "stop", "ctl")
+        assert stop.returncode == 0 and "acknowledged" in stop.stdout, stop.stderr
+        assert driver.wait(60) == 128 + signal.SIGTERM
+        print(f"stop acknowledged and driver gone in {time.monotonic() - t0:.1f} s")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    cancelled = client.get_run(trials()[0].info.run_id)
+    assert cancelled.data.tags.get(CANCELLED_TAG) == "true"
+    assert control(root, "stop", "ctl").returncode == 2  # not running any more
+
+    resumed = start_driver(root)
+    try:
+        assert resumed.wait(420) == 0, (root / "sweep.log").read_text()[-4000:]
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+    final = {t.data.tags["trial_id"]: t for t in trials()}
+    assert len(final) == 2
+    assert final[victim].info.status == "KILLED"  # cancelled, not run again
+    (other,) = [t for tid, t in final.items() if tid != victim]
+    assert other.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(other.info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, 11)), steps  # every epoch once
