@@ -30,6 +30,7 @@ from analysis.runs import (
 )
 from cct.typed_reader import python_value
 from orchestrator.console import format_eta, format_table, format_value
+from orchestrator.control.notify import Notifier, ui_link
 from orchestrator.control.requests import CancelStopper
 from orchestrator.study import StudyPlace, distributions
 from orchestrator.tracking import set_status
@@ -70,6 +71,8 @@ class MlflowStatusCallback(Callback):
             return
         if FAILURE_TAG in last:  # failed for good; the worker tagged the reason
             set_status(client, run_id, "FAILED")
+            why = f"{last[FAILURE_TAG]}: {last.get(FAILURE_MESSAGE_TAG, '')}"
+            self._notify(trial.trial_id, run_id, why)
         elif "test_accuracy" in last:  # only the trainer's final report carries it
             set_status(client, run_id, "FINISHED")
         elif trial.trial_id in CancelStopper.cancelled:  # `orchestrator.sweep cancel`
@@ -91,6 +94,14 @@ class MlflowStatusCallback(Callback):
             if trial.error_file:
                 client.set_tag(run_id, "error_file", str(trial.error_file))
             set_status(client, run_id, "FAILED")
+            self._notify(trial.trial_id, run_id, f"errored after its retries ({trial.error_file})")
+
+    def _notify(self, trial_id: str, run_id: str, why: str) -> None:
+        if Notifier.active is not None:
+            link = ui_link(self.uri, self.experiment_id, run_id)
+            Notifier.active.send(
+                "trial_failed", f"trial {trial_id} failed for good, {why} — {link}"
+            )
 
 
 class Interruption(Callback):

@@ -30,6 +30,7 @@ from orchestrator.cluster import (
     cluster_problems,
 )
 from orchestrator.control.lease import SweepBusy, running_elsewhere
+from orchestrator.control.notify import Notifier, ui_link
 from orchestrator.control.requests import CancelStopper, driving
 from orchestrator.study import (
     StudyPlace,
@@ -382,6 +383,7 @@ def run_sweep(
                 presence = lease.enter_context(driving(tracking_uri, experiment_id, spec.name))
             except SweepBusy as e:
                 raise SweepRefused(str(e)) from None
+            notifying(lease, spec)  # from here on, the sweep's end is announced
             parent_run_id, ray_experiment, resumed = open_parent_run(
                 client, experiment_id, spec, resume=resume, fresh=fresh
             )
@@ -428,6 +430,7 @@ def run_sweep(
         errored = summary["errored"]
         set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
         print_summary(spec, summary, tracking_uri=tracking_uri)
+        announce_end(spec, summary, ui_link(tracking_uri, experiment_id, parent_run_id))
         return 1 if errored and not summary["finished"] else 0
 
 
@@ -462,7 +465,46 @@ def interrupted(
     if summary and summary["best"]:
         print_best(summary, title=f"Best finished trials of sweep {spec.name!r}")
     print(f"Resume with:\n  {resume_command}", flush=True)
+    if Notifier.active is not None:
+        Notifier.active.send(
+            "interrupted",
+            f"sweep {spec.name} interrupted by {name}: {finished} trial(s) finished, "
+            f"{unfinished} unfinished; resume with `{resume_command}`",
+        )
     return 128 + signum
+
+
+def notifying(stack: ExitStack, spec: SweepSpec) -> None:
+    """The sweep file's webhook, if it names one, for the rest of the driver's life
+    (closed, what is pending sent, when `stack` closes)."""
+    notifier = Notifier.from_spec(spec.notify, spec.name, dict(os.environ))
+    Notifier.active = notifier
+    if notifier is None:
+        return
+    stack.callback(notifier.close)
+    stack.callback(setattr, Notifier, "active", None)
+
+    def on_error(kind: Any, error: BaseException | None, tb: Any) -> bool:
+        if error is not None:  # refused mid-run, or a crash: the sweep did not end well
+            notifier.send("failed", f"sweep {spec.name} failed: {error}")
+        return False  # the error goes on
+
+    stack.push(on_error)
+
+
+def announce_end(spec: SweepSpec, summary: dict[str, Any], link: str) -> None:
+    """The `finished` or `failed` message, with the best trial and the sweep run's page."""
+    if Notifier.active is None:
+        return
+    first, _ = spec.objectives[0]
+    best = summary["best"][0].get(first) if summary["best"] else None
+    shown = f"; best {first} {best:.4f}" if isinstance(best, float) else ""
+    kind = "failed" if summary["errored"] and not summary["finished"] else "finished"
+    Notifier.active.send(
+        kind,
+        f"sweep {spec.name} {kind}: {summary['finished']} trial(s) finished, "
+        f"{summary['errored']} errored{shown} — {link}",
+    )
 
 
 @contextmanager

@@ -125,6 +125,24 @@ class SystemMetricsSpec:
         return gpus_per_worker > 0 if self.enabled == "auto" else bool(self.enabled)
 
 
+NotifyEvent = Literal["finished", "failed", "interrupted", "trial_failed"]
+NOTIFY_EVENTS: tuple[str, ...] = ("finished", "failed", "interrupted", "trial_failed")
+
+
+@dataclass(frozen=True)
+class NotifySpec:
+    """Messages to a Slack-compatible webhook when the sweep ends and when a trial fails for
+    good (README, "Notifications"). Not part of the spec hash: a resume may change it."""
+
+    # The environment variable that holds the webhook URL (never the URL itself: sweep files
+    # are committed, logged on the sweep run and copied to clusters). None: no messages.
+    webhook_env: str | None = None
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS  # validated by the sweep file's reader
+    timeout_s: float = field(default=5.0, metadata=POSITIVE)  # per POST; never slows the sweep
+    # At most one message per kind of event in this long; the rest are summed into the next.
+    min_interval_s: float = field(default=60.0, metadata=at_least(0))
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     name: str
@@ -137,6 +155,7 @@ class SweepSpec:
     keep_checkpoints: int = field(default=2, metadata=at_least(1))
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     system_metrics: SystemMetricsSpec = field(default_factory=SystemMetricsSpec)
+    notify: NotifySpec = field(default_factory=NotifySpec)
     source: str = ""
     hash: str = ""
 
@@ -161,6 +180,7 @@ class SweepSpec:
             storage_path=self.storage_path,
             keep_checkpoints=self.keep_checkpoints,
             system_metrics=dataclasses.asdict(self.system_metrics),
+            notify=dataclasses.asdict(self.notify),
             source=self.source,
             hash=self.hash,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,10 +33,12 @@ from cct.typed_reader import (
 )
 from search_spaces.shapes import check_shapes
 from search_spaces.spec import (
+    NOTIFY_EVENTS,
     AnalysisSpec,
     AshaSpec,
     Domain,
     Mode,
+    NotifySpec,
     Objective,
     ResourcesSpec,
     SpecError,
@@ -200,6 +203,7 @@ def build_spec(
     top = _read(SweepSpec, {k: raw[k] for k in ("keep_checkpoints",) if k in raw}, "", errors)
     analysis = _parse_analysis(raw.get("analysis"), errors)
     system_metrics = _parse_system_metrics(raw.get("system_metrics"), errors)
+    notify = _parse_notify(raw.get("notify"), errors)
 
     _check_searcher(search, tune, top_level_ok and _clean(errors, "search"), errors)
     _check_device(base, resources, errors)
@@ -220,6 +224,7 @@ def build_spec(
         storage_path=storage_path,
         analysis=analysis,
         system_metrics=system_metrics,
+        notify=notify,
         source=source,
         **top,
     )
@@ -561,6 +566,44 @@ def _parse_system_metrics(raw: Any, errors: list[Problem]) -> SystemMetricsSpec:
         )
         enabled = SystemMetricsSpec().enabled
     return SystemMetricsSpec(enabled=enabled, **f)
+
+
+def _parse_notify(raw: Any, errors: list[Problem]) -> NotifySpec:
+    section = dict(_mapping(raw, "notify", errors) or {})
+    f = _read(NotifySpec, section, "notify", errors, own=("webhook_env", "events"))
+    env = section.get("webhook_env")
+    if env is not None:
+        if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            hint = (
+                " (name the variable that holds the URL, not the URL)" if "://" in str(env) else ""
+            )
+            errors.append(
+                Problem("notify.webhook_env", f"expected a variable name{hint}, got {env!r}")
+            )
+            env = None
+        elif not os.environ.get(env, "").strip():
+            errors.append(
+                Problem(
+                    "notify.webhook_env", f"${env} is not set here (it holds the webhook URL)", env
+                )
+            )
+            env = None
+    events = section.get("events", NOTIFY_EVENTS)
+    if isinstance(events, str):
+        events = [events]
+    bad = (
+        [e for e in events if e not in NOTIFY_EVENTS]
+        if isinstance(events, (list, tuple))
+        else [events]
+    )
+    if bad:
+        errors.append(
+            Problem("notify.events", f"{bad!r}: choose from {', '.join(NOTIFY_EVENTS)}", events)
+        )
+        events = NOTIFY_EVENTS
+    f.pop("webhook_env", None)
+    f.pop("events", None)
+    return NotifySpec(webhook_env=env, events=tuple(events), **f)
 
 
 # --------------------------------------------------------------------------------------

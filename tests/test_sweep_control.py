@@ -4,6 +4,7 @@ against a real running sweep, then a resume that finishes every trial once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from orchestrator.control import commands
 from orchestrator.control.lease import EXPIRES_S, SweepBusy, acquire, new_lease, read_lease
 from orchestrator.control.requests import Request, addressed_to, request_key
 from tests.conftest import local_env, small_sweep_yaml, wait_for
+from tests.test_notify import Hook
 
 
 def store(tmp_path) -> tuple[MlflowClient, str]:
@@ -69,7 +71,7 @@ def test_of_two_drivers_starting_together_one_runs(tmp_path):
 
 def test_a_request_reaches_only_the_driver_it_names():
     req = Request.new("driver-a", "cancel", "t1")
-    tags = {request_key("ctl", req.id): __import__("json").dumps(req.__dict__)}
+    tags = {request_key("ctl", req.id): json.dumps(req.__dict__)}
     assert addressed_to(tags, "ctl", "driver-a") == [req]
     assert addressed_to(tags, "ctl", "driver-b") == []  # a resumed sweep's new driver
     assert addressed_to({**tags, f"cct.ack.ctl.{req.id}": "1"}, "ctl", "driver-a") == []
@@ -110,17 +112,21 @@ def test_a_name_that_matches_nothing_is_one_error_line(tmp_path, argv, capsys):
 # against a real sweep
 
 
-def control(root, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+HOOK_ENV = "CCT_TEST_HOOK"  # the sweep file's notify.webhook_env
+
+
+def control(root, *argv: str, hook: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", *argv],
-        cwd=root, env=local_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=root, env={**local_env(), HOOK_ENV: hook}, capture_output=True, text=True,
+        timeout=timeout,
     )  # fmt: skip
 
 
-def start_driver(root) -> subprocess.Popen:
+def start_driver(root, hook: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"],
-        cwd=root, env=local_env(), stdout=(root / "sweep.log").open("a"),
+        cwd=root, env={**local_env(), HOOK_ENV: hook}, stdout=(root / "sweep.log").open("a"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
@@ -135,7 +141,9 @@ def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path)
             resources="{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
             analysis="{blocks: none}",
         )
+        + f"notify: {{webhook_env: {HOOK_ENV}}}\n"
     )
+    hook = Hook()  # the sweep's webhook, on loopback
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
 
     def trials():
@@ -146,13 +154,13 @@ def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path)
     def epochs_done(run) -> int:
         return len(client.get_metric_history(run.info.run_id, "val_accuracy"))
 
-    driver = start_driver(root)
+    driver = start_driver(root, hook.url)
     try:
         wait_for(
             lambda: len(trials()) == 2 and all(epochs_done(t) >= 1 for t in trials()),
             420, "two trials past their first epoch", driver,
         )  # fmt: skip
-        second = control(root, "--config", "sweep.yaml")
+        second = control(root, "--config", "sweep.yaml", hook=hook.url)
         assert second.returncode == 2 and "already running" in second.stderr, second.stderr
 
         listed = control(root, "list")
@@ -179,12 +187,17 @@ def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path)
     assert cancelled.data.tags.get(CANCELLED_TAG) == "true"
     assert control(root, "stop", "ctl").returncode == 2  # not running any more
 
-    resumed = start_driver(root)
+    resumed = start_driver(root, hook.url)
     try:
         assert resumed.wait(420) == 0, (root / "sweep.log").read_text()[-4000:]
     finally:
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
+        hook.close()
+    events = [p["event"] for p in hook.received]
+    assert events == ["interrupted", "finished"], hook.received
+    assert "resume with" in hook.received[0]["text"] and "/runs/" in hook.received[1]["text"]
+    print("payloads:", json.dumps(hook.received, indent=1))
     final = {t.data.tags["trial_id"]: t for t in trials()}
     assert len(final) == 2
     assert final[victim].info.status == "KILLED"  # cancelled, not run again
