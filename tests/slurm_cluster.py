@@ -1,11 +1,18 @@
 """A one-node SLURM on this machine for tests: munged, slurmctld and slurmd with every
 state file, socket and log in one folder, on free ports, so nothing outside it is touched
 (no /etc/slurm, no system munge socket). `python -m tests.slurm_cluster DIR` starts one by
-hand and prints the SLURM_CONF to export."""
+hand and prints the SLURM_CONF to export.
+
+Like a production cluster it confines every task to the CPUs it was given (cgroup v1
+cpusets, `task/cgroup` with `ConstrainCores=yes`; CPU affinity, `task/affinity`, where the
+cgroup v1 cpuset and freezer hierarchies are not writable), so a step that asks for fewer
+CPUs than the Ray it starts is told shows in that step's CPU list. It preempts as sites do:
+a job in the `urgent` partition requeues what runs in `debug` (`PreemptMode=REQUEUE`)."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +37,24 @@ def missing() -> list[str]:
     return gone
 
 
+CGROUP_V1 = Path("/sys/fs/cgroup")
+
+
+def cgroup_v1_writable() -> bool:
+    """Whether slurmd can confine tasks with cgroup v1 here: the cpuset and freezer
+    hierarchies mounted as v1 and writable by us."""
+    for controller in ("cpuset", "freezer"):
+        folder = CGROUP_V1 / controller
+        if not (folder / "cgroup.procs").is_file() or not os.access(folder, os.W_OK):
+            return False
+    return True
+
+
+def confinement() -> str:
+    """How the test SLURM binds tasks to their CPUs: "cgroup" or "affinity"."""
+    return "cgroup" if cgroup_v1_writable() else "affinity"
+
+
 def _node_line() -> str:
     # slurmd's own reading of the machine (CPUs, sockets, cores, RealMemory): a node that
     # claims more than it has is drained at registration.
@@ -39,7 +64,18 @@ def _node_line() -> str:
     return f"NodeName={host} " + line.split(" ", 1)[1] + " State=UNKNOWN"
 
 
+def _confinement_lines(root: Path) -> list[str]:
+    if confinement() == "affinity":
+        # No writable cgroup v1 here: CPU affinity alone, processes tracked by parent.
+        return ["ProctrackType=proctrack/linuxproc", "TaskPlugin=task/affinity"]
+    (root / "cgroup.conf").write_text(
+        "CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\nConstrainCores=yes\n"
+    )
+    return ["ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup,task/affinity"]
+
+
 def write_conf(root: Path) -> Path:
+    """slurm.conf (and cgroup.conf) under `root`."""
     munge_socket = root / "munge" / "munge.socket"
     host = socket.gethostname()
     conf = root / "slurm.conf"
@@ -54,27 +90,35 @@ def write_conf(root: Path) -> Path:
                 f"SlurmdPort={free_port()}",
                 "AuthType=auth/munge",
                 "CredType=cred/munge",
-                f"AuthInfo=socket={munge_socket}",
+                # cred_expire: a requeued job may start again this many seconds after it
+                # was stopped (Slurm's default, 1200 s, would hold the preemption test)
+                f"AuthInfo=socket={munge_socket},cred_expire=10",
+                # Job ids (and so cgroup paths, /sys/fs/cgroup/*/slurm/uid_0/job_<id>) of
+                # two test SLURMs on one machine must differ.
+                f"FirstJobId={random.randrange(10_000, 5_000_000)}",
                 f"StateSaveLocation={root / 'state'}",
                 f"SlurmdSpoolDir={root / 'spool'}",
                 f"SlurmctldPidFile={root / 'slurmctld.pid'}",
                 f"SlurmdPidFile={root / 'slurmd.pid'}",
                 f"SlurmctldLogFile={root / 'slurmctld.log'}",
                 f"SlurmdLogFile={root / 'slurmd.log'}",
-                # No cgroups in a container: track a job's processes by their parents.
-                "ProctrackType=proctrack/linuxproc",
-                "TaskPlugin=task/none",
+                *_confinement_lines(root),
                 "SelectType=select/cons_tres",
                 "SelectTypeParameters=CR_Core",
                 "SchedulerType=sched/backfill",
+                "SchedulerParameters=sched_interval=2,bf_interval=2",
+                "PreemptType=preempt/partition_prio",
+                "PreemptMode=REQUEUE",
                 "JobAcctGatherType=jobacct_gather/none",
                 "AccountingStorageType=accounting_storage/none",
                 "MpiDefault=none",
                 "ReturnToService=2",
-                "KillWait=30",
+                "KillWait=15",  # SIGTERM to SIGKILL when a job is stopped (default 30)
                 "SlurmdTimeout=60",
                 _node_line(),
-                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+                " PriorityTier=1",
+                "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2",
                 "",
             ]
         )
