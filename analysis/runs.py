@@ -78,6 +78,11 @@ LOGITS_KEYS = (
 SHP_DIR = "shp"  # the analysis on validation: the only one selection and the report read
 SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
 SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
+# The environment each start of a sweep or trial ran in (cct/environment.py): ENV_DIR/ for the
+# first, ENV_DIR/start-<n>/ for each later one, each with environment.json and diff.patch;
+# ENV_LATEST_TAG names the newest, ENV_STARTS_TAG counts them.
+ENV_DIR, ENV_FILE, ENV_DIFF = "environment", "environment.json", "diff.patch"
+ENV_LATEST_TAG, ENV_STARTS_TAG = "environment_latest", "environment_starts"
 SWEEP_SUMMARY_ARTIFACT = f"{SWEEP_DIR}/summary.json"
 REPORT_DIR = "report"
 LOGS_DIR = "logs"  # a trial's worker output: rank<k>-<node>-<pid>.log per rank and attempt

@@ -44,11 +44,13 @@ from orchestrator.study import (
 from orchestrator.summary import print_best, print_summary, summarize, sweep_description
 from orchestrator.tracking import (
     create_parent_run,
+    describe_changes,
     ensure_experiment,
     is_local_store,
     latest_sweep_run,
     library_versions,
     mark_interrupted,
+    record_environment,
     reopen,
     set_status,
 )
@@ -388,11 +390,7 @@ def run_sweep(
                 client, experiment_id, spec, resume=resume, fresh=fresh
             )
             presence.attach(parent_run_id)
-            print(
-                f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
-                f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
-                flush=True,
-            )
+            announce_start(client, spec, parent_run_id, tracking_uri, resumed=resumed)
             study = sweep_study(
                 client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm
             )
@@ -472,6 +470,25 @@ def interrupted(
             f"{unfinished} unfinished; resume with `{resume_command}`",
         )
     return 128 + signum
+
+
+def announce_start(
+    client: MlflowClient, spec: SweepSpec, run_id: str, tracking_uri: str, *, resumed: bool
+) -> None:
+    """Say which sweep run starts or resumes, and record the environment it runs in: a resume
+    under another environment says in one line what changed (both stay recorded)."""
+    print(
+        f"{'Resuming' if resumed else 'Starting'} sweep {spec.name!r}: MLflow experiment "
+        f"{spec.experiment!r} (parent run {run_id}) in {tracking_uri}",
+        flush=True,
+    )
+    changed = record_environment(client, run_id)
+    if changed:
+        print(
+            f"The environment changed since the sweep's last start: {describe_changes(changed)}"
+            " (both recorded under environment/ on the sweep run)",
+            flush=True,
+        )
 
 
 def notifying(stack: ExitStack, spec: SweepSpec) -> None:

@@ -9,17 +9,22 @@ is relied on.
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import runs
 from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
+from cct import environment
 from cct.typed_reader import flatten
 from orchestrator.cost import WALL_HOURS
 
@@ -162,6 +167,7 @@ class RunTracker(NullTracker):
         self.compute_step = len(wall)
 
     def log_start(self, info: dict[str, Any]) -> None:
+        record_environment(self.client, self.run_id)  # of the node rank 0 runs on
         tags = {
             "device": str(info["device"]),
             "precision": str(info["precision"]),
@@ -283,3 +289,34 @@ __all__ = [
     "reopen",
     "set_status",
 ]
+
+
+def record_environment(client: MlflowClient, run_id: str) -> list[str] | None:
+    """Log this process's environment (and the source tree's uncommitted diff) on the run;
+    for a run that recorded one before, also what changed since (both stay recorded)."""
+    env, diff = environment.capture(), environment.uncommitted_diff()
+    tags = client.get_run(run_id).data.tags
+    latest, starts = tags.get(runs.ENV_LATEST_TAG), int(tags.get(runs.ENV_STARTS_TAG, "0"))
+    previous = _load_json(client, run_id, f"{latest}/{runs.ENV_FILE}") if latest else None
+    folder = runs.ENV_DIR if starts == 0 else f"{runs.ENV_DIR}/start-{starts + 1}"
+    client.log_dict(run_id, env, f"{folder}/{runs.ENV_FILE}")
+    if diff:
+        client.log_text(run_id, diff, f"{folder}/{runs.ENV_DIFF}")
+    client.set_tag(run_id, runs.ENV_LATEST_TAG, folder)
+    client.set_tag(run_id, runs.ENV_STARTS_TAG, str(starts + 1))
+    return None if previous is None else environment.changes(previous, env)
+
+
+def describe_changes(changed: list[str], shown: int = 6) -> str:
+    more = f", and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ", ".join(changed[:shown]) + more
+
+
+def _load_json(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    # No progress bar in the sweep's console or a worker's log for one small file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, path, d)).read_text())
+        except (OSError, ValueError, MlflowException):
+            return None  # a record that cannot be read is no reference
