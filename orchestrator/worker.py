@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import Checkpoint
 
 from analysis.runs import ANALYSIS_LOGGED_TAG, CHECKPOINT_DIR, FAILURE_MESSAGE_TAG, FAILURE_TAG
+from analysis.shp.reference import run_reference
 from cct import dist
 from cct.config import ConfigError, TrainConfig
 from cct.data import DeviceData, load_dataset
@@ -115,7 +116,9 @@ class RayCallbacks:
             self.tracker.tag(ANALYSIS_LOGGED_TAG) == "true"
         )
         if artifacts is not None and self.analysis is not None and not done:
-            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
+            options = {k: v for k, v in self.analysis.items() if k != "reference"}
+            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, options, self.data)
+            run_reference(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
         self.marks.mark("final_done")
         if isinstance(self.tracker, RunTracker):
             self.marks.log(self.tracker.client, self.tracker.run_id)
