@@ -466,12 +466,11 @@ def equal_accuracy_verdict(
     if top is None or not others:
         reason = f"{len(chosen)} structure(s), none with other heads than the best"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
-    judged = [m for m in (top, *others) if m.test_accuracy is not None]
+    others = [m for m in others if m.test_accuracy is not None]
     n = n_test or (len(top.test_correct) if top.test_correct is not None else 0)
-    if top not in judged or len(judged) < 2 or not n:
+    if top.test_accuracy is None or not others or not n:
         reason = "no test accuracy (or test set size) for the chosen trials: nothing to judge on"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
-    others = judged[1:]
     alpha = level / len(others)
     results, details = [], []
     for m in others:
