@@ -328,6 +328,11 @@ def test_conv_compares_matched_pairs_and_rounds_follow_the_corrected_level():
     assert v.status == NO_DATA and ">= 5 re-measured timing rounds" in v.reason
     models = [conv("t0", 0, 2.0, 5, a)] + [conv(f"c{c}", c, 1.4, 5, a) for c in (1, 2, 3, 4)]
     assert conv_verdict(models, 10_000).status == HELD
+    # a matched group the report did not re-measure (beyond its best groups) is left out
+    eight = (("num_heads", 8),)
+    extra = [conv("e0", 0, 2.0, 0, a, eight), conv("e1", 1, 1.4, 0, a, eight)]
+    v = conv_verdict(models + extra, 10_000)
+    assert v.status == HELD and "1 matched pair(s) of lower-ranked groups" in v.details[-1]
 
 
 # --------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ assumptions) and true, through these very functions (analysis/report/calibrate.p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -636,6 +637,11 @@ def conv_verdict(
             "architecture would reach it"
         )
         return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
+    # the report re-measures the pairs of the best groups only (latency.MAX_CONV_GROUPS): the
+    # comparisons are those, chosen on validation; none re-measured leaves all of them
+    timed = [(r, m) for r, m in pairs if r.latency_rounds and m.latency_rounds]
+    skipped = len(pairs) - len(timed)
+    pairs = timed or pairs
     alpha = level / len(pairs)
     need = stats.rounds_for(alpha)
     short = [
@@ -653,7 +659,11 @@ def conv_verdict(
         )
         return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
     results = [_conv_compare(ref, s, n_test, margin, alpha) for ref, s in pairs]
-    return _conv_outcome(claim, rule, figure, recon, results, alpha, len(pairs))
+    verdict = _conv_outcome(claim, rule, figure, recon, results, alpha, len(pairs))
+    if skipped:
+        note = f"{skipped} matched pair(s) of lower-ranked groups not re-measured: not compared"
+        verdict = dataclasses.replace(verdict, details=(*verdict.details, note))
+    return verdict
 
 
 def _conv_compare(ref: ConvModel, s: ConvModel, n_test, margin, alpha) -> tuple:
