@@ -77,6 +77,9 @@ LOGITS_KEYS = (
 )
 SHP_DIR = "shp"  # the analysis on validation: the only one selection and the report read
 SHP_SUMMARY_ARTIFACT = f"{SHP_DIR}/summary.json"
+# the same analysis of the trial's untrained model (its initial weights): the SNR reference
+SHP_REFERENCE_DIR = "shp_reference"
+SHP_REFERENCE_ARTIFACT = f"{SHP_REFERENCE_DIR}/summary.json"
 SWEEP_DIR = "sweep"  # the sweep's resolved spec and end-of-sweep summary
 # The environment each start of a sweep or trial ran in (cct/environment.py): ENV_DIR/ for the
 # first, ENV_DIR/start-<n>/ for each later one, each with environment.json and diff.patch;

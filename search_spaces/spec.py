@@ -107,6 +107,9 @@ class AnalysisSpec:
     pooling: ShpPooling = "mean"
     fit: ShpFit = "fast"
     threshold: float = field(default=SHP_THRESHOLD, metadata={"range": SHP_THRESHOLD_RANGE})
+    # also analyse the trial's untrained model (its initial weights) as the SNR reference
+    # (analysis/shp/reference.py): about the cost of the analysis itself, so off by default
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,8 +203,16 @@ def _defining_part(spec: SweepSpec) -> dict[str, Any]:
         "search": {k: d.to_dict() for k, d in spec.search},
         "tune": _tune_part(spec.tune),
         "resources": _resources_part(spec.resources),
-        "analysis": dataclasses.asdict(spec.analysis),
+        "analysis": _analysis_part(spec.analysis),
     }
+
+
+def _analysis_part(analysis: AnalysisSpec) -> dict[str, Any]:
+    # reference left out when off, so sweeps started before it existed keep their hash
+    d = dataclasses.asdict(analysis)
+    if not d["reference"]:
+        del d["reference"]
+    return d
 
 
 def _resources_part(resources: ResourcesSpec) -> dict[str, Any]:

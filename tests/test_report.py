@@ -244,6 +244,30 @@ def small_store(tmp_path_factory):
     return {"root": root, "uri": uri, "parent": parent}
 
 
+def test_collect_reads_the_untrained_reference_beside_the_analysis(small_store, tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(small_store["uri"])
+    exp = client.create_experiment("withref", artifact_location=str(small_store["root"] / "ref"))
+    parent = client.create_run(exp, tags={"role": "sweep", "sweep": "withref"}).info.run_id
+    trial = client.create_run(
+        exp, tags={"role": "trial", "trial_id": "t0", "mlflow.parentRunId": parent}
+    ).info.run_id
+    client.log_param(trial, "model.num_heads", "2")
+    client.log_metric(trial, "val_accuracy", 0.9)
+    for folder, snrs in (("shp", [0.5, 1.0, 2.0]), ("shp_reference", [1.0, 1.0, 1.0])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "summary.json").write_text(json.dumps(hand_shp(2, snrs)))
+        client.log_artifacts(trial, str(tmp_path / folder), folder)
+    client.set_terminated(trial)
+    data = collect(client, experiment="withref", sweep_run_id=None, workdir=tmp_path / "w")
+    t = data.trials[0]
+    assert t.shp is not None and t.shp_reference is not None
+    assert [b.snr_labels for b in t.shp_reference.blocks] == [1.0, 1.0, 1.0]
+
+
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     try:
         code = main(list(argv))

@@ -136,6 +136,22 @@ def test_snr_runs_logged_without_per_head_noise_are_not_enough_data():
     assert all("no per-head noise" in d for d in v.details)
 
 
+def test_snr_subtracts_the_untrained_reference_when_every_model_has_one():
+    rising = [0.5, 1.0, 2.0, 4.0]
+    plain = [model(rising, arch=f"a{i}") for i in range(6)]
+    assert snr_verdict(plain).status == HELD
+    # the untrained model rises just as much: the pipeline's own trend, not learning
+    ref = model(rising).blocks
+    same = [ModelHeads(m.model, m.arch, m.seed, m.blocks, ref) for m in plain]
+    v = snr_verdict(same)
+    assert v.status == NOT_HELD and "minus the untrained reference" in v.reason
+    flat = model([1.0] * 4).blocks
+    assert (
+        snr_verdict([ModelHeads(m.model, m.arch, m.seed, m.blocks, flat) for m in plain]).status
+        == HELD
+    )
+
+
 def test_snr_says_how_many_architectures_would_reach_it():
     mixed = [model([0.5, 1.0, 2.0, 4.0], arch=f"a{i}") for i in range(5)]
     mixed += [model([4.0, 2.0, 1.0, 0.5], arch="z")]
@@ -312,6 +328,11 @@ def test_conv_compares_matched_pairs_and_rounds_follow_the_corrected_level():
     assert v.status == NO_DATA and ">= 5 re-measured timing rounds" in v.reason
     models = [conv("t0", 0, 2.0, 5, a)] + [conv(f"c{c}", c, 1.4, 5, a) for c in (1, 2, 3, 4)]
     assert conv_verdict(models, 10_000).status == HELD
+    # a matched group the report did not re-measure (beyond its best groups) is left out
+    eight = (("num_heads", 8),)
+    extra = [conv("e0", 0, 2.0, 0, a, eight), conv("e1", 1, 1.4, 0, a, eight)]
+    v = conv_verdict(models + extra, 10_000)
+    assert v.status == HELD and "1 matched pair(s) of lower-ranked groups" in v.details[-1]
 
 
 # --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 The sweep's parent run (tag role=sweep: the given one, else the experiment's latest), its
 finished trial runs (tag role=trial) with their params, final metrics, tags, per-image
 correctness from their logits and optional `shp/summary.json` (refused unless its matrices
-came from validation), the split sizes, and every committee run of that sweep (tag
+came from validation) and `shp_reference/summary.json` (the untrained model's), the split sizes, and every committee run of that sweep (tag
 role=committee, see analysis/runs.py): the earliest made with the default settings is the
 one judged, with its members' test correctness on the same images.
 Everything the user can get wrong (unknown experiment or run, no finished trial) raises
@@ -48,6 +48,8 @@ class Trial:
     val_correct: np.ndarray | None = field(default=None, compare=False)  # (n_val,) bool
     test_correct: np.ndarray | None = field(default=None, compare=False)  # (n_test,) bool
     shp_refused: str | None = None  # why an existing shp/summary.json was not used
+    # shp_reference/summary.json: the same analysis of the untrained model (SNR reference)
+    shp_reference: ShpSummary | None = None
 
     @property
     def name(self) -> str:
@@ -198,6 +200,7 @@ def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
         val_correct=val_correct,
         test_correct=test_correct,
         shp_refused=refused,
+        shp_reference=_reference_summary(client, run.info.run_id, workdir),
     )
 
 
@@ -225,6 +228,15 @@ def _shp_summary(
             "refused (rerun python -m analysis.shp --run-id <run id> on validation)"
         )
     return summary, None
+
+
+def _reference_summary(client: MlflowClient, run_id: str, workdir: Path) -> ShpSummary | None:
+    """The untrained reference's summary (analysis/shp/reference.py), None without one."""
+    doc = _json_artifact(client, run_id, runs.SHP_REFERENCE_ARTIFACT, workdir)
+    try:
+        return None if doc is None else read_summary(doc)
+    except ValueError:
+        return None
 
 
 def _logits(client: MlflowClient, run_id: str, workdir: Path) -> dict[str, np.ndarray] | None:

@@ -83,23 +83,27 @@ def _mean_block(block: int, entries: list[BlockSummary]) -> BlockPoint:
 # verdicts
 
 
-def head_counts_of(t: Trial) -> tuple[HeadCounts, ...]:
+def head_counts_of(t: Trial, reference: bool = False) -> tuple[HeadCounts, ...]:
     """t's attention blocks head by head: labels (its label sets' sizes) and noise per head
-    (None when the summary predates per-head counts)."""
+    (None when the summary predates per-head counts); of its untrained reference if asked."""
+    shp = t.shp_reference if reference else t.shp
+    blocks = shp.head_blocks if shp else ()
     return tuple(
         HeadCounts(
             b.block,
             tuple(len(s) for s in b.label_sets),
             b.unit_noise if b.label_sets and len(b.unit_noise) == len(b.label_sets) else None,
         )
-        for b in head_blocks(t)
+        for b in blocks
     )
 
 
 def model_heads_of(trials: Sequence[Trial]) -> list[ModelHeads]:
     """Every analysed trial, one entry per trained model (seeds not averaged)."""
     return [
-        ModelHeads(t.trial_id, t.name, t.seed, head_counts_of(t)) for t in trials if head_blocks(t)
+        ModelHeads(t.trial_id, t.name, t.seed, head_counts_of(t), head_counts_of(t, True))
+        for t in trials
+        if head_blocks(t)
     ]
 
 

@@ -150,8 +150,19 @@ def snr_section(data: SweepData) -> Section:
         ],
         notes=[
             f"Readout pooling: {', '.join(pooling)}. SNR is averaged over units with a "
-            "cluster, as in SPEC 4.6."
+            "cluster, as in SPEC 4.6. The SNR verdict does not read these block means (they "
+            "move when the share of clustered heads moves): it reads each head's own labels "
+            "and noise (the methods section lists each model's trend). Untrained reference "
+            f"(analysis.reference): {_referenced(data.trials)}."
         ],
+    )
+
+
+def _referenced(trials: Sequence[Trial]) -> str:
+    analysed = [t for t in trials if head_blocks(t)]
+    have = sum(t.shp_reference is not None for t in analysed)
+    return f"{have} of {len(analysed)} analysed trials" + (
+        "" if have == len(analysed) else " (the verdict subtracts it only when all have one)"
     )
 
 

@@ -28,7 +28,9 @@ validation images, unmatched conv comparisons). The tests (analysis/report/stats
    each architecture's mean rho is symmetric about 0 - true for an architecture-level
    random slope of mean 0, whatever the correlation of one model's heads and blocks). Needs
    >= 5 architectures (2**-5 = 0.031). A model without per-head noise (logged before
-   per-head counts) is left out and said so.
+   per-head counts) is left out and said so. When every model has the same analysis of its
+   untrained model (`analysis.reference: true`, analysis/shp/reference.py), each model's rho
+   is taken minus its reference's: the trend the pipeline shows without any training.
 2. Each head recognises a small cluster of labels with little noise
    (`specialisation_verdict`). In the last attention block of a trial a head passes when
    it recognises 1 to SMALL_CLUSTER_SHARE of the labels and its noise is at most its labels
@@ -73,6 +75,7 @@ assumptions) and true, through these very functions (analysis/report/calibrate.p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -196,6 +199,7 @@ class ModelHeads:
     arch: str  # architecture label: its seeds share it
     seed: int | None
     blocks: tuple[HeadCounts, ...]
+    reference: tuple[HeadCounts, ...] = ()  # the same analysis of its untrained model
 
 
 def head_snr(labels: int, noise: int) -> float:
@@ -203,13 +207,25 @@ def head_snr(labels: int, noise: int) -> float:
     return math.log((labels + 0.5) / (noise + 0.5))
 
 
-def model_trend(m: ModelHeads) -> tuple[float | None, str]:
+def model_trend(m: ModelHeads, use_reference: bool = False) -> tuple[float | None, str]:
     """Spearman's rho(block, head SNR) over m's clustered heads, and a note; None when m has
-    no per-head noise or fewer than MIN_SNR_BLOCKS blocks with a clustered head."""
-    if any(b.noise is None or len(b.noise) != len(b.labels) for b in m.blocks):
+    no per-head noise or fewer than MIN_SNR_BLOCKS blocks with a clustered head. With
+    `use_reference`, minus the same rho of its untrained model (the pipeline's own trend)."""
+    rho, note = blocks_trend(m.blocks)
+    if rho is None or not use_reference:
+        return rho, note
+    ref, ref_note = blocks_trend(m.reference)
+    if ref is None:
+        return None, f"{note}; untrained reference: {ref_note}"
+    return rho - ref, f"{note}, minus the untrained reference's {ref:+.2f}"
+
+
+def blocks_trend(blocks: Sequence[HeadCounts]) -> tuple[float | None, str]:
+    """Spearman's rho(block, head SNR) over the clustered heads of `blocks`, and a note."""
+    if any(b.noise is None or len(b.noise) != len(b.labels) for b in blocks):
         return None, "no per-head noise (logged before per-head counts): left out"
     xs, ys = [], []
-    for b in m.blocks:
+    for b in blocks:
         for lab, noise in zip(b.labels, b.noise):
             if lab > 0:  # a head without a cluster has no SNR (SPEC 4.5)
                 xs.append(b.block)
@@ -234,11 +250,15 @@ def snr_verdict(
     need = stats.min_units_for(level)
     rule = (
         f"per head: log((labels + 1/2) / (noise + 1/2)); per model: Spearman rho(block, head "
-        f"SNR) over >= {MIN_SNR_BLOCKS} attention blocks; per architecture: the mean over its "
+        f"SNR) over >= {MIN_SNR_BLOCKS} attention blocks (minus its untrained reference's when "
+        f"every model has one); per architecture: the mean over its "
         f"seeds; one-sided exact sign-flip test over >= {need} architectures, p < {level:g}"
     )
     recon = (SNR_RULE, SEQPOOL_RULE) if seqpool else (SNR_RULE,)
-    trends = {m.model: model_trend(m) for m in models}
+    # the untrained reference's trend is subtracted when every model has one: a rule applied
+    # to some models only would mix two statistics in one test
+    referenced = bool(models) and all(m.reference for m in models)
+    trends = {m.model: model_trend(m, referenced) for m in models}
     details = tuple(f"{m.model} ({m.arch}, seed {m.seed}): {trends[m.model][1]}" for m in models)
     groups = _by_arch(models, lambda m: trends[m.model][0])
     if len(groups) < need:
@@ -256,7 +276,8 @@ def snr_verdict(
     population = _population(groups)
     reason = (
         f"mean rho {mean:+.2f} over {len(means)} architectures ({sum(r > 0 for r in means)} "
-        f"rising), one-sided sign-flip {_p(p)}"
+        f"rising), one-sided sign-flip {_p(p)}; "
+        + ("minus the untrained reference's trend" if referenced else "no untrained reference")
     )
     if p < level:
         status = HELD
@@ -446,12 +467,11 @@ def equal_accuracy_verdict(
     if top is None or not others:
         reason = f"{len(chosen)} structure(s), none with other heads than the best"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
-    judged = [m for m in (top, *others) if m.test_accuracy is not None]
+    others = [m for m in others if m.test_accuracy is not None]
     n = n_test or (len(top.test_correct) if top.test_correct is not None else 0)
-    if top not in judged or len(judged) < 2 or not n:
+    if top.test_accuracy is None or not others or not n:
         reason = "no test accuracy (or test set size) for the chosen trials: nothing to judge on"
         return Verdict("equal", claim, NO_DATA, reason, figure, rule)
-    others = judged[1:]
     alpha = level / len(others)
     results, details = [], []
     for m in others:
@@ -617,6 +637,11 @@ def conv_verdict(
             "architecture would reach it"
         )
         return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
+    # the report re-measures the pairs of the best groups only (latency.MAX_CONV_GROUPS): the
+    # comparisons are those, chosen on validation; none re-measured leaves all of them
+    timed = [(r, m) for r, m in pairs if r.latency_rounds and m.latency_rounds]
+    skipped = len(pairs) - len(timed)
+    pairs = timed or pairs
     alpha = level / len(pairs)
     need = stats.rounds_for(alpha)
     short = [
@@ -634,7 +659,11 @@ def conv_verdict(
         )
         return Verdict("conv", claim, NO_DATA, reason, figure, rule, recon)
     results = [_conv_compare(ref, s, n_test, margin, alpha) for ref, s in pairs]
-    return _conv_outcome(claim, rule, figure, recon, results, alpha, len(pairs))
+    verdict = _conv_outcome(claim, rule, figure, recon, results, alpha, len(pairs))
+    if skipped:
+        note = f"{skipped} matched pair(s) of lower-ranked groups not re-measured: not compared"
+        verdict = dataclasses.replace(verdict, details=(*verdict.details, note))
+    return verdict
 
 
 def _conv_compare(ref: ConvModel, s: ConvModel, n_test, margin, alpha) -> tuple:

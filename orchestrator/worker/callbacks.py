@@ -13,6 +13,7 @@ import ray.train
 from ray.train import Checkpoint
 
 from analysis.runs import ANALYSIS_LOGGED_TAG, CHECKPOINT_DIR
+from analysis.shp.reference import run_reference
 from cct.data import DeviceData
 from orchestrator.cluster import this_node_id
 from orchestrator.cost import ComputeClock
@@ -61,7 +62,9 @@ class RayCallbacks:
             self.tracker.tag(ANALYSIS_LOGGED_TAG) == "true"
         )
         if artifacts is not None and self.analysis is not None and not done:
-            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
+            options = {k: v for k, v in self.analysis.items() if k != "reference"}
+            run_analysis(self.tracker, artifacts / CHECKPOINT_DIR, options, self.data)
+            run_reference(self.tracker, artifacts / CHECKPOINT_DIR, self.analysis, self.data)
         self.marks.mark("final_done")
         if isinstance(self.tracker, RunTracker):
             self.marks.log(self.tracker.client, self.tracker.run_id)
