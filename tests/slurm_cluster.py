@@ -192,10 +192,17 @@ def local_slurm(root: Path) -> Iterator[dict[str, str]]:
                     proc.wait(10)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` stops the daemons too
     with local_slurm(folder) as slurm_env:
-        print(f"export SLURM_CONF={slurm_env['SLURM_CONF']}  # Ctrl-C stops it", flush=True)
+        print(
+            f"export SLURM_CONF={slurm_env['SLURM_CONF']}  # Ctrl-C (or kill) stops it", flush=True
+        )
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -137,7 +137,7 @@ def _tunnel_request(log: str, submit: Path, host: str) -> int:
 def _preempt(env, submit: Path, job_id: str, figures: dict, t0: float) -> None:
     """Wait for a checkpoint, then submit a job to the higher-priority partition: SLURM
     requeues the sweep (every step gets SIGTERM at once, SIGKILL after KillWait)."""
-    wait_for(lambda: list(submit.glob("ray_results/*-train/train-*/checkpoint_*")), 300, "a ckpt")
+    wait_for(lambda: list(submit.glob("ray_results/*-train/train-*/checkpoint_*")), 600, "a ckpt")
     figures["first checkpoint after submit (s)"] = round(time.monotonic() - t0, 1)
     figures["checkpoints before preemption"] = len(
         list(submit.glob("ray_results/*-train/train-*/checkpoint_*"))
@@ -151,7 +151,7 @@ def _preempt(env, submit: Path, job_id: str, figures: dict, t0: float) -> None:
     wait_for(lambda: job_fields(env, job_id).get("Restarts") == "1", 60, "the requeue")
     wait_for(lambda: not _pids_of(f"cct-ray-{job_id}"), 60, "the job's Ray to end")
     figures["preemption -> no Ray process of the job left (s)"] = round(time.monotonic() - t1, 1)
-    wait_for(lambda: job_fields(env, job_id).get("JobState") == "RUNNING", 120, "the restart")
+    wait_for(lambda: job_fields(env, job_id).get("JobState") == "RUNNING", 300, "the restart")
     figures["preemption -> requeued job running again (s)"] = round(time.monotonic() - t1, 1)
     figures["_t_restart"] = time.monotonic()
 
@@ -175,15 +175,15 @@ def slurm_job(slurm, tmp_path_factory):
         log = submit / f"slurm-cct-sweep-{job_id}.out"
         figures = {"SLURM up (s)": round(started, 1)}
         # While it runs: what its Ray processes may run on, and the MLflow server.
-        wait_for(lambda: len(ray_cpus(job_id)) >= 3 and "MLflow at" in log.read_text(), 240, "Ray")
-        wait_for(lambda: "RayTrainWorker" in str(ray_cpus(job_id)), 240, "trial workers")
+        wait_for(lambda: len(ray_cpus(job_id)) >= 3 and "MLflow at" in log.read_text(), 600, "Ray")
+        wait_for(lambda: "RayTrainWorker" in str(ray_cpus(job_id)), 600, "trial workers")
         cpus = ray_cpus(job_id)
         tunnel = {h: _tunnel_request(log.read_text(), submit, h) for h in
                   ("localhost:5000", "127.0.0.1:8080", "evil.example.com")}  # fmt: skip
         _preempt(env, submit, job_id, figures, t0)
         wait_for(lambda: job_fields(env, job_id).get("JobState") == "COMPLETED"
                  or job_fields(env, job_id).get("JobState", "").startswith(("FAIL", "CANC")),
-                 420, "the requeued job to end")  # fmt: skip
+                 900, "the requeued job to end")  # fmt: skip
         figures["requeued job: start -> end (s)"] = round(
             time.monotonic() - figures.pop("_t_restart"), 1
         )
