@@ -4,12 +4,18 @@ report them once on test, and log the committee as an MLflow run (SPEC section 6
     python -m analysis.committee --experiment quickstart
     python -m analysis.committee --sweep-run-id <id> --size 3 --diversity disagreement
     python -m analysis.committee --experiment quickstart --members <run>,<run>
+    python -m analysis.committee --experiment quickstart --register digits-committee
+    python -m analysis.committee --experiment quickstart --members <run> --register one-trial
 
 Selection (analysis/committee/select.py) sees validation arrays only; test accuracy is
 computed afterwards, once, for the chosen members and the committee. "Gain over best" is the
 committee's test accuracy minus that of the member with the best *validation* accuracy
 (picking the best member by test would peek). Bad input gives one `error: ...` line on
 stderr and exit code 2, before anything is logged.
+
+`--register NAME` also logs the committee as one MLflow pyfunc model under the committee run
+and registers it as a new version of NAME (analysis/committee/registry.py); members whose
+checkpoints cannot be read are refused before anything is logged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from analysis.committee.mlflow_run import (
     sweep_candidates,
 )
 from analysis.committee.output import PLOT_NAME, committee_json, format_table, plot_curve
+from analysis.committee.registry import RegistryError, prepare, register
 from analysis.committee.select import DIVERSITY_TERMS, CommitteeError, TooFewCandidates
 from analysis.runs import (
     COMMITTEE_JSON,
@@ -76,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--members", help="evaluate this hand-picked committee: RUN_ID,RUN_ID,...")
     p.add_argument("--out", type=Path, default=Path("committee"), help="output folder")
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also log the committee as one MLflow model and register it as a new version of "
+        "NAME (one trial: --members RUN_ID --register NAME)",
+    )
     return p
 
 
@@ -96,11 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"--max-size {args.max_size}: must be >= 2 (use --size 1 for a single model)")
     if args.tolerance is not None and not 0 <= args.tolerance <= 100:
         fail(f"--tolerance {args.tolerance}: accuracy points, between 0 and 100")
+    if args.register is not None and not args.register.strip():
+        fail(f"--register {args.register!r}: give the registered model's name")
     quiet_mlflow()
+    tracking_uri = args.tracking_uri or default_tracking_uri()
 
     with scratch() as tmp:
         try:
-            client = open_store(args.tracking_uri or default_tracking_uri())
+            client = open_store(tracking_uri)
             exp_id, sweep = find_sweep(
                 client, experiment=args.experiment, sweep_run_id=args.sweep_run_id
             )
@@ -120,12 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     diversity=diversity,
                     combine_how=args.combine,
                 )
+            chosen = [candidates[i] for i in selection.members]
+            packed = prepare(client, chosen, Path(tmp) / "pack") if args.register else None
         except TooFewCandidates as e:
             fail(f"{e}: raise --tolerance or use --size {e.found}" if e.found else str(e))
-        except (CommitteeError, RunLookupError) as e:
+        except (CommitteeError, RunLookupError, RegistryError) as e:
             fail(str(e))
         report = measure(candidates, selection, diversity, args.combine)
-        return _publish(args, client, exp_id, sweep, candidates, report, diversity)
+        run_id = _publish(args, client, exp_id, sweep, candidates, report, diversity)
+        if packed is not None:
+            _register(args, tracking_uri, packed, sweep, run_id, report, Path(tmp) / "pack")
+        return 0
 
 
 def settings(args, diversity: Sequence[str]) -> dict[str, str]:
@@ -160,8 +181,33 @@ def settings(args, diversity: Sequence[str]) -> dict[str, str]:
     }
 
 
-def _publish(args, client, exp_id, sweep, candidates, report: Report, diversity) -> int:
-    """Print the table, write committee.json and the plot, log the committee run."""
+def _register(args, tracking_uri, packed, sweep, run_id: str, report: Report, workdir: Path):
+    """Log the measured committee as one model and register it under --register's name."""
+    diversity = _terms(args.diversity)
+    context = {
+        "sweep": sweep.data.tags.get(SWEEP_TAG, args.experiment or ""),
+        "sweep_run_id": sweep.info.run_id,
+        "experiment_id": sweep.info.experiment_id,
+        "committee_run_id": run_id,
+        "members": ",".join(m.run_id for m in packed),
+        "combine": args.combine,
+        "diversity": ",".join(diversity),
+        "tolerance": "hand-picked" if args.members else f"{report.selection.tolerance:.6g}",
+        "include_stopped": str(args.include_stopped).lower(),
+        **settings(args, diversity),
+        "val_accuracy": f"{report.val_accuracy:.6g}",
+        "test_accuracy": f"{report.test_accuracy:.6g}",
+    }
+    version = register(
+        tracking_uri, args.register, members=packed, combine=args.combine,
+        context=context, workdir=workdir,
+    )  # fmt: skip
+    uri = f"models:/{args.register}/{version.version}"
+    print(f"registered {uri}: mlflow.pyfunc.load_model({uri!r}) predicts uint8 images")
+
+
+def _publish(args, client, exp_id, sweep, candidates, report: Report, diversity) -> str:
+    """Print the table, write committee.json and the plot, log the committee run; its id."""
     sweep_name = sweep.data.tags.get(SWEEP_TAG, args.experiment or "")
     sel = report.selection
     chosen = settings(args, diversity)
@@ -221,4 +267,4 @@ def _publish(args, client, exp_id, sweep, candidates, report: Report, diversity)
         client.set_terminated(run_id, status="FAILED")
         raise
     print(f"\nwrote {out / COMMITTEE_JSON} and {out / PLOT_NAME}; committee run {run_id}")
-    return 0
+    return run_id
