@@ -21,7 +21,13 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from ray.tune import Callback
 
-from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG, STOPPED_EARLY_TAG, find_trial_run
+from analysis.runs import (
+    FAILURE_MESSAGE_TAG,
+    FAILURE_TAG,
+    OVER_BUDGET,
+    STOPPED_EARLY_TAG,
+    find_trial_run,
+)
 from cct.typed_reader import python_value
 from orchestrator.console import format_eta, format_table, format_value
 from orchestrator.study import StudyPlace, distributions
@@ -172,6 +178,9 @@ class StatusTable(Callback):
 
     def _ended(self, trial, how: str) -> None:
         last = self._last(trial)
+        if last.get(FAILURE_TAG) == OVER_BUDGET:
+            print(f"trial {trial.trial_id} over budget: {last.get(FAILURE_MESSAGE_TAG, '')}")
+            return
         if last.get(FAILURE_TAG):  # the worker's report of a failure no retry heals
             message = last.get(FAILURE_MESSAGE_TAG, "")
             print(
