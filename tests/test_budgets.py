@@ -7,17 +7,22 @@ budget is in test_sweep_e2e.py."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import optuna
 import optuna._gp.gp as gp
 import pytest
+from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Experiment, Trial
 from ray.tune.schedulers import HyperBandScheduler, MedianStoppingRule, TrialScheduler
 
+from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG, OVER_BUDGET, PRICED_OUT_TAG
 from cct.config import TrainConfig
 from cct.measure import count_macs, count_params, price_config
 from cct.models import create_model
 from orchestrator import tune_objects
+from orchestrator.study import StudyPlace
 from orchestrator.tracking import NullTracker
 from orchestrator.tune_objects import (
     CONSTRAINT,
@@ -30,7 +35,7 @@ from orchestrator.tune_objects import (
 )
 from orchestrator.worker.callbacks import OverBudget, RayCallbacks
 from search_spaces import config_for_trial, load_spec
-from tests.conftest import small_sweep_yaml
+from tests.conftest import local_env, small_sweep_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -273,3 +278,52 @@ def test_hyperband_brackets_trials_on_the_epoch(tmp_path):
         hb.on_trial_add(None, _trial(i))
     assert len(hb._trial_info) == 6  # every trial in a bracket
     assert tune_objects.full_budget(spec) == 9
+
+
+# --------------------------------------------------------------------------------------
+# the one Ray sweep with a budget: TPE under a MAC and a latency bound, median stopping
+
+RAY_SWEEP = small_sweep_yaml(
+    name="budget_e2e",
+    epochs=3,
+    resources="{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
+    analysis="{blocks: none}",
+    search=WIDTHS,
+    tune="{searcher: optuna-tpe, num_samples: 3, objectives: {val_accuracy: max},"
+    " scheduler: {median_stopping: {grace_period: 1, min_samples_required: 2}}}",
+    extra="budget: {max_macs: 5.0e+5, max_latency_ms: 1000.0}",  # only embed_dim 32 fits
+)
+
+
+@pytest.mark.slow
+def test_a_budgeted_sweep_trains_only_within_it_and_its_study_holds_the_rest(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(RAY_SWEEP)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env=local_env(),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("budget_e2e")
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
+    priced = [r for r in runs if r.data.tags.get(PRICED_OUT_TAG) == "true"]
+    trained = [r for r in runs if r.data.tags.get(PRICED_OUT_TAG) != "true"]
+    assert priced, "nothing priced out: the test's budget no longer bites"
+    for r in priced:  # never trained: no epoch, FAILED with why
+        assert r.info.status == "FAILED" and r.data.tags[FAILURE_TAG] == OVER_BUDGET
+        assert "budget.max_macs" in r.data.tags[FAILURE_MESSAGE_TAG]
+        assert "val_accuracy" not in r.data.metrics and r.data.metrics["macs"] > 5.0e5
+    assert len(trained) == 3  # priced-out configurations do not count toward num_samples
+    assert all(r.data.metrics["macs"] <= 5.0e5 for r in trained)
+    assert all(r.data.metrics["latency_ms"] <= 1000 for r in trained)
+    assert f"Budget: {len(priced)} configuration(s) priced out" in out.stdout
+    sweep_run = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")[0]
+    study = StudyPlace(
+        sweep_run.data.tags["optuna_storage"], sweep_run.data.tags["optuna_study"]
+    ).load()
+    infeasible = [t for t in study.trials if t.constraints[CONSTRAINT] > 0]
+    assert len(infeasible) == len(priced)  # the searcher saw every one
