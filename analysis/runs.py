@@ -38,6 +38,10 @@ INTERRUPTED_TAG = "interrupted"
 # on a FAILED trial run that cannot heal by a retry: "diverged", "config" (the model or
 # batch cannot be built) or "out_of_memory"; FAILURE_MESSAGE_TAG holds the error's text
 FAILURE_TAG, FAILURE_MESSAGE_TAG = "failure_reason", "failure_message"
+# The failure_reason of a configuration outside the sweep's budget, never trained: priced
+# out by the driver (params, MACs; PRICED_OUT_TAG = "true", no Tune trial) or by its
+# trial's latency measurement before the first step.
+OVER_BUDGET, PRICED_OUT_TAG = "over_budget", "priced_out"
 # "true" once a trial's final metrics and artifacts, and then its SHP analysis, are logged:
 # a resume after a crash in either logs neither twice
 FINAL_LOGGED_TAG, ANALYSIS_LOGGED_TAG = "final_logged", "analysis_logged"

@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from cct.config import TrainConfig
+from cct.data.shapes import dataset_shape
 from cct.device import autocast, sync
+from cct.models import create_model
 from cct.models.layers import Attention
 
 
@@ -63,6 +66,34 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> Macs:
             h.remove()
         model.train(was_training)
     return Macs(layer_macs[0], attn_macs[0])
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a configuration costs before it is trained: its size and MACs, the latter as
+    the `macs` objective counts them (without the attention matmuls)."""
+
+    params: int
+    macs: int
+    macs_with_attn: int
+
+
+def price_config(cfg: TrainConfig) -> Price:
+    """Parameters and MACs of `cfg`'s model, built on the meta device: shapes without
+    weights or data, so pricing a configuration costs milliseconds and no memory."""
+    classes, channels, size = dataset_shape(cfg.data)
+    with torch.device("meta"):
+        model = create_model(
+            cfg.model.variant,
+            num_classes=classes,
+            in_channels=channels,
+            img_size=size,
+            **cfg.model.overrides(),
+        )
+    macs = count_macs(model, (channels, size, size))
+    return Price(
+        params=count_params(model), macs=macs.without_attn_matmuls, macs_with_attn=macs.total
+    )
 
 
 @torch.no_grad()

@@ -314,5 +314,7 @@ def _looks_like_float(s: str) -> bool:
 def _float_hint(s: str) -> str:
     mantissa, _, exponent = s.lower().partition("e")
     if exponent and "." not in mantissa:
-        return f"{mantissa}.0e{exponent}"
+        # PyYAML reads an exponent without its sign as text too: 5.0e7 is a string
+        sign = "" if exponent[0] in "+-" else "+"
+        return f"{mantissa}.0e{sign}{exponent}"
     return str(float(s))

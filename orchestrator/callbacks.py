@@ -25,6 +25,7 @@ from analysis.runs import (
     CANCELLED_TAG,
     FAILURE_MESSAGE_TAG,
     FAILURE_TAG,
+    OVER_BUDGET,
     STOPPED_EARLY_TAG,
     find_trial_run,
 )
@@ -71,8 +72,9 @@ class MlflowStatusCallback(Callback):
             return
         if FAILURE_TAG in last:  # failed for good; the worker tagged the reason
             set_status(client, run_id, "FAILED")
-            why = f"{last[FAILURE_TAG]}: {last.get(FAILURE_MESSAGE_TAG, '')}"
-            self._notify(trial.trial_id, run_id, why)
+            if last[FAILURE_TAG] != OVER_BUDGET:  # priced out is no failure to be told of
+                why = f"{last[FAILURE_TAG]}: {last.get(FAILURE_MESSAGE_TAG, '')}"
+                self._notify(trial.trial_id, run_id, why)
         elif "test_accuracy" in last:  # only the trainer's final report carries it
             set_status(client, run_id, "FINISHED")
         elif trial.trial_id in CancelStopper.cancelled:  # `orchestrator.sweep cancel`
@@ -198,6 +200,9 @@ class StatusTable(Callback):
 
     def _ended(self, trial, how: str) -> None:
         last = self._last(trial)
+        if last.get(FAILURE_TAG) == OVER_BUDGET:
+            print(f"trial {trial.trial_id} over budget: {last.get(FAILURE_MESSAGE_TAG, '')}")
+            return
         if last.get(FAILURE_TAG):  # the worker's report of a failure no retry heals
             message = last.get(FAILURE_MESSAGE_TAG, "")
             print(

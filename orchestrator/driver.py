@@ -55,7 +55,13 @@ from orchestrator.tracking import (
     set_status,
 )
 from orchestrator.trial import SweepContext, run_trial
-from orchestrator.tune_objects import make_scheduler, make_searcher, param_space
+from orchestrator.tune_objects import (
+    BudgetedVariantGenerator,
+    BudgetGate,
+    make_scheduler,
+    make_searcher,
+    param_space,
+)
 from orchestrator.worker.loop import SIMULATED_GPUS_ENV
 from search_spaces import SweepSpec
 
@@ -230,11 +236,14 @@ def make_tuner(
     capacity: Capacity,
     *,
     study: StudyPlace | None = None,
+    gate: BudgetGate | None = None,
     verbose: bool = False,
 ) -> tune.Tuner:
     """The sweep's Tuner, restored from Tune's saved state when there is one. With `study`,
     the trials are kept there: by the Optuna searcher itself, or for random and grid by a
-    StudyRecorder callback."""
+    StudyRecorder callback. With `gate` (a sweep with a budget) configurations outside it
+    are priced out before they run: told to the Optuna searcher as infeasible, skipped by
+    random and grid."""
     if not verbose:
         # Tune's newer console prints its experiment box and TensorBoard hint at any
         # verbosity; the legacy one at verbose=0 prints nothing, and console.py speaks.
@@ -247,9 +256,13 @@ def make_tuner(
             resume_errored=True,
             param_space=param_space(spec),
         )
-    searcher = make_searcher(spec, study)
+    searcher = make_searcher(spec, study, gate)
     if searcher is None and study is not None:
         callbacks = [*callbacks, StudyRecorder(study, spec)]
+    concurrent: int | None = max_concurrent(spec, capacity)
+    if searcher is None and gate is not None and spec.budget.active:
+        searcher = BudgetedVariantGenerator(gate, max_concurrent=concurrent)
+        concurrent = None  # the generator holds it (Tune wraps only a Searcher)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -257,7 +270,7 @@ def make_tuner(
             search_alg=searcher,
             scheduler=make_scheduler(spec),
             num_samples=spec.tune.num_samples,
-            max_concurrent_trials=max_concurrent(spec, capacity),
+            max_concurrent_trials=concurrent,
             time_budget_s=spec.tune.time_budget_s,
             trial_name_creator=lambda t: f"trial-{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
@@ -350,9 +363,10 @@ def sweep_tuner(
         StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
     ]
     experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"
+    gate = BudgetGate(spec, ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     return make_tuner(
         spec, trainable, experiment_path, callbacks, ray_experiment, capacity,
-        study=study, verbose=verbose,
+        study=study, gate=gate, verbose=verbose,
     )  # fmt: skip
 
 

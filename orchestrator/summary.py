@@ -14,6 +14,8 @@ from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
 from analysis.runs import (
     FAILURE_TAG,
+    OVER_BUDGET,
+    PRICED_OUT_TAG,
     SWEEP_DIR,
     SWEEP_SUMMARY_ARTIFACT,
     TRIAL_ID_TAG,
@@ -39,21 +41,24 @@ def summarize(
     interruption a trial short of its end is "interrupted", never among the best."""
     unfinished = "interrupted" if interrupted else "stopped"
     # The hours come from MLflow: Tune's last result of a trial predates its analysis.
+    runs = trial_runs(client, experiment_id, parent_run_id)
     hours = {
         run.data.tags.get(TRIAL_ID_TAG): {k: run.data.metrics.get(k) for k in HOURS_KEYS}
-        for run in trial_runs(client, experiment_id, parent_run_id)
+        for run in runs
     }
     rows = []
     errored = 0
     for result in results:
         m = result.metrics or {}
-        failed = result.error is not None or FAILURE_TAG in m  # failed for good: no retry
+        over = m.get(FAILURE_TAG) == OVER_BUDGET  # its latency, before the first step
+        failed = not over and (result.error is not None or FAILURE_TAG in m)  # no retry
         errored += failed
+        done = "done" if "test_accuracy" in m else unfinished
         rows.append(
             {
                 "trial_id": m.get("trial_id"),
                 "config": dict(result.config or {}),
-                "status": "error" if failed else ("done" if "test_accuracy" in m else unfinished),
+                "status": "over_budget" if over else ("error" if failed else done),
                 "epochs": m.get("epoch"),
                 **{k: m.get(k) for k in SHOWN},
                 **hours.get(m.get("trial_id"), {}),
@@ -80,6 +85,7 @@ def summarize(
         "errored": errored,
         "importance": importances(spec.search, rows, spec.objectives),
         "compute": sweep_compute(hours.values(), spec.resources),  # every trial run's
+        "priced_out": priced_out(runs) if spec.budget.active else None,
     }
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / Path(SWEEP_SUMMARY_ARTIFACT).name).write_text(
@@ -91,6 +97,8 @@ def summarize(
         if values:
             client.log_metric(parent_run_id, f"best_{name}", max(values))
     client.log_metric(parent_run_id, "trials_finished", len(finished))
+    for key, n in (summary["priced_out"] or {}).items():
+        client.log_metric(parent_run_id, f"over_budget_{key}", n)
     for key in (*HOURS_KEYS, COST):
         if key in summary["compute"]:
             client.log_metric(parent_run_id, key, summary["compute"][key])
@@ -98,6 +106,28 @@ def summarize(
         for key, value in entry.get("values", {}).items():
             client.log_metric(parent_run_id, f"importance.{metric}.{key}", value)
     return summary
+
+
+def priced_out(runs: list) -> dict[str, int]:
+    """How many configurations the budget kept from training: priced out by the driver
+    (params, MACs; no Tune trial) and stopped by their latency before the first step."""
+    over = [r for r in runs if r.data.tags.get(FAILURE_TAG) == OVER_BUDGET]
+    driver = sum(r.data.tags.get(PRICED_OUT_TAG) == "true" for r in over)
+    return {"priced": driver, "latency": len(over) - driver}
+
+
+def format_priced_out(counts: dict[str, int], spec: SweepSpec) -> str:
+    """One line on what the budget skipped, and whether it counted toward num_samples."""
+    counted = (
+        "each counted toward num_samples (random) or used its grid point"
+        if spec.tune.searcher in ("random", "grid")
+        else "not counted toward num_samples: the searcher asked again"
+    )
+    return (
+        f"Budget: {counts['priced']} configuration(s) priced out by params/MACs before any"
+        f" trial ({counted}), {counts['latency']} stopped by their latency before the first"
+        " step; none trained (MLflow runs FAILED, failure_reason=over_budget)."
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -125,6 +155,8 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         f"{summary['errored']} errored)",
     )
     print(f"\n{format_compute(summary['compute'], spec.resources)}")
+    if summary.get("priced_out") is not None:
+        print(format_priced_out(summary["priced_out"], spec))
     if spec.search:
         print("\nWhich searched keys mattered (share of each objective's variance):")
         print("\n".join(format_importances(summary["importance"])))

@@ -93,6 +93,34 @@ def child_run(
     return run.info.run_id
 
 
+def priced_out_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    parent_run_id: str,
+    trial_id: str,
+    params: dict[str, Any],
+    price: dict[str, float],
+    message: str,
+) -> str:
+    """The run of a configuration the driver priced out of the sweep's budget: its params,
+    its price as metrics, FAILED with failure_reason=over_budget and the bound it broke.
+    Found again (not duplicated) when a resumed searcher prices the same trial id."""
+    run_id = child_run(
+        client,
+        experiment_id,
+        parent_run_id=parent_run_id,
+        trial_id=trial_id,
+        params=params,
+        tags={runs.PRICED_OUT_TAG: "true"},
+    )
+    client.log_batch(run_id, metrics=_metrics(price, 0))
+    client.set_tag(run_id, runs.FAILURE_TAG, runs.OVER_BUDGET)
+    client.set_tag(run_id, runs.FAILURE_MESSAGE_TAG, message[:5000])
+    set_status(client, run_id, "FAILED")
+    return run_id
+
+
 def reopen(client: MlflowClient, run: Any) -> None:
     """A run resumed: RUNNING again, its `interrupted` tag removed."""
     if run.info.status != "RUNNING":

@@ -96,6 +96,7 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
             "simulated_gpus": ctx.simulated_gpus,
             "system_metrics": dataclasses.asdict(spec.system_metrics) if sampled else None,
             "phase_t0": marks.t0,
+            "budget": spec.budget.bounds(),  # its latency bound is checked in the trial
         },
         torch_config=TorchConfig(backend=backend_for(use_gpu)),
         scaling_config=ScalingConfig(

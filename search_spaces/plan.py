@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 from cct.config import TrainConfig
 from cct.typed_reader import flatten
-from search_spaces.spec import AshaSpec, Domain, SweepSpec
+from search_spaces.spec import AshaSpec, Domain, HyperBandSpec, MedianStopSpec, SweepSpec
 
 MAX_LISTED = 50  # trials spelled out one per line; more are summarised
 ALWAYS_SHOWN = ("model.variant", "data.dataset", "optim.epochs", "optim.batch_size", "optim.lr")
@@ -46,15 +47,24 @@ def _trial_table(spec: SweepSpec) -> list[dict[str, str]] | None:
     return combos * spec.tune.num_samples
 
 
+def _describe_scheduler(s: Any) -> str:
+    if isinstance(s, AshaSpec):
+        return f"ASHA (grace_period {s.grace_period}, max_t {s.max_t} epochs)"
+    if isinstance(s, HyperBandSpec):
+        return f"HyperBand (max_t {s.max_t} epochs, reduction_factor {s.reduction_factor:g})"
+    if isinstance(s, MedianStopSpec):
+        return (
+            f"median stopping (grace_period {s.grace_period} epochs, after"
+            f" {s.min_samples_required} trials)"
+        )
+    return "FIFO (every trial runs all its epochs)"
+
+
 def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
     """Human-readable plan; `tracking_uri` is the resolved store (None: the default)."""
     t, r = spec.tune, spec.resources
     n = count_trials(spec)
-    scheduler = (
-        f"ASHA (grace_period {t.scheduler.grace_period}, max_t {t.scheduler.max_t} epochs)"
-        if isinstance(t.scheduler, AshaSpec)
-        else "FIFO (every trial runs all its epochs)"
-    )
+    scheduler = _describe_scheduler(t.scheduler)
     gpu = f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
     concurrent = (
         f"at most {r.max_concurrent_trials} trial(s) at once"
@@ -80,6 +90,9 @@ def format_plan(spec: SweepSpec, *, tracking_uri: str | None = None) -> str:
         lines.append(f"  time budget    {t.time_budget_s:g} s for the whole sweep")
     if t.max_epochs_without_gain is not None:
         lines.append(f"  early stop     after {t.max_epochs_without_gain} epochs without gain")
+    if spec.budget.active:
+        bounds = ", ".join(f"{k} <= {v:.4g}" for k, v in spec.budget.bounds().items())
+        lines.append(f"  budget         {bounds} (outside: never trained)")
     if r.prices():
         lines.append(f"  prices         {', '.join(r.price_rates())} (the summary's cost)")
     sm = spec.system_metrics

@@ -19,7 +19,7 @@ from cct.config import SHP_THRESHOLD, SHP_THRESHOLD_RANGE, ShpFit, ShpPooling, S
 from cct.typed_reader import POSITIVE, at_least, flatten, python_value
 
 DomainKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
-SearcherName = Literal["optuna-tpe", "optuna-nsga2", "random", "grid"]
+SearcherName = Literal["optuna-tpe", "optuna-nsga2", "optuna-gp", "optuna-cmaes", "random", "grid"]
 Mode = Literal["max", "min"]
 Objective = Literal["val_accuracy", "latency_ms", "macs", "params"]
 
@@ -58,11 +58,32 @@ class AshaSpec:
 
 
 @dataclass(frozen=True)
+class HyperBandSpec:
+    """Tune's synchronous HyperBand: brackets of trials, each cut by `reduction_factor` at
+    every rung; paused trials continue from their checkpoints."""
+
+    max_t: int = field(metadata=at_least(1))  # the validator's default: base.optim.epochs
+    reduction_factor: float = field(default=3.0, metadata=at_least(2))
+
+
+@dataclass(frozen=True)
+class MedianStopSpec:
+    """Tune's median stopping rule: stop a trial whose best result so far is worse than the
+    median of the other trials' running means at the same epoch."""
+
+    grace_period: int = field(default=1, metadata=at_least(1))  # epochs before any stop
+    min_samples_required: int = field(default=3, metadata=at_least(1))  # trials to compare
+
+
+Scheduler = Literal["fifo"] | AshaSpec | HyperBandSpec | MedianStopSpec
+
+
+@dataclass(frozen=True)
 class TuneSpec:
     searcher: SearcherName = "optuna-tpe"
     objectives: tuple[tuple[Objective, Mode], ...] = (("val_accuracy", "max"),)
     num_samples: int = field(default=1, metadata=at_least(1))  # grid: repeats of the whole grid
-    scheduler: Literal["fifo"] | AshaSpec = "fifo"
+    scheduler: Scheduler = "fifo"
     seeds: tuple[int, ...] | None = None
     time_budget_s: float | None = field(default=None, metadata=POSITIVE)
     max_epochs_without_gain: int | None = field(default=None, metadata=at_least(1))
@@ -70,6 +91,28 @@ class TuneSpec:
     # An earlier sweep (MLflow experiment name or sweep run id) whose finished trials seed
     # this sweep's Optuna searcher (orchestrator/study.py).
     warm_start: str | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """Upper bounds a configuration must meet to be trained (README, "Budgets"). Parameters
+    and MACs are priced in the driver before a trial starts; batch-1 latency is measured in
+    the trial, on its own device, before its first training step. MACs count as the `macs`
+    objective does: convolutions and linear layers, not the attention matmuls."""
+
+    max_params: float | None = field(default=None, metadata=POSITIVE)
+    max_macs: float | None = field(default=None, metadata=POSITIVE)
+    max_latency_ms: float | None = field(default=None, metadata=POSITIVE)
+
+    def bounds(self) -> dict[str, float]:
+        """The bounds set, by the metric they bound: {"params": ..., "macs": ...}."""
+        named = {"params": self.max_params, "macs": self.max_macs}
+        named["latency_ms"] = self.max_latency_ms
+        return {k: float(v) for k, v in named.items() if v is not None}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bounds())
 
 
 @dataclass(frozen=True)
@@ -159,6 +202,7 @@ class SweepSpec:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     system_metrics: SystemMetricsSpec = field(default_factory=SystemMetricsSpec)
     notify: NotifySpec = field(default_factory=NotifySpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
     source: str = ""
     hash: str = ""
 
@@ -197,7 +241,7 @@ def spec_hash(spec: SweepSpec) -> str:
 
 
 def _defining_part(spec: SweepSpec) -> dict[str, Any]:
-    return {
+    d = {
         "name": spec.name,
         "base": spec.base.to_dict(),
         "search": {k: d.to_dict() for k, d in spec.search},
@@ -205,6 +249,10 @@ def _defining_part(spec: SweepSpec) -> dict[str, Any]:
         "resources": _resources_part(spec.resources),
         "analysis": _analysis_part(spec.analysis),
     }
+    # Left out when unset, so sweeps started before budgets existed keep their hash.
+    if spec.budget.active:
+        d["budget"] = dataclasses.asdict(spec.budget)
+    return d
 
 
 def _analysis_part(analysis: AnalysisSpec) -> dict[str, Any]:
@@ -223,8 +271,10 @@ def _resources_part(resources: ResourcesSpec) -> dict[str, Any]:
 
 def _tune_part(tune: TuneSpec) -> dict[str, Any]:
     # warm_start left out when unset, so sweeps started before it existed keep their hash
-    # (and can still be resumed).
+    # (and can still be resumed). The scheduler is named, as ASHA's dict alone was.
     d = dataclasses.asdict(tune)
+    if isinstance(tune.scheduler, (HyperBandSpec, MedianStopSpec)):
+        d["scheduler"] = {type(tune.scheduler).__name__: d["scheduler"]}
     if d["warm_start"] is None:
         del d["warm_start"]
     return d

@@ -36,7 +36,10 @@ from search_spaces.spec import (
     NOTIFY_EVENTS,
     AnalysisSpec,
     AshaSpec,
+    BudgetSpec,
     Domain,
+    HyperBandSpec,
+    MedianStopSpec,
     Mode,
     NotifySpec,
     Objective,
@@ -51,7 +54,12 @@ from search_spaces.spec import (
 # The file's sections: SweepSpec's fields, less what the loader fills in.
 TOP_KEYS = [f.name for f in dataclasses.fields(SweepSpec) if f.name not in ("source", "hash")]
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
-OPTUNA = ("optuna-tpe", "optuna-nsga2")
+OPTUNA = ("optuna-tpe", "optuna-nsga2", "optuna-gp", "optuna-cmaes")
+MULTI_OBJECTIVE = ("optuna-nsga2", "optuna-gp")  # the samplers that keep a Pareto front
+CONSTRAINED = ("optuna-tpe", "optuna-nsga2", "optuna-gp")  # Optuna's constraint-aware ones
+# The scheduler section's names: fifo, or one of these with its settings.
+SCHEDULERS = {"asha": AshaSpec, "hyperband": HyperBandSpec, "median_stopping": MedianStopSpec}
+SCHEDULER_NAMES = {"asha": "ASHA", "hyperband": "HyperBand", "median_stopping": "median stopping"}
 TRAIN_TYPES = field_types(TrainConfig)  # dotted leaf -> type: the keys `search:` may name
 TRAIN_RANGES = field_ranges(TrainConfig)  # dotted leaf -> Range, off the fields' metadata
 
@@ -204,8 +212,10 @@ def build_spec(
     analysis = _parse_analysis(raw.get("analysis"), errors)
     system_metrics = _parse_system_metrics(raw.get("system_metrics"), errors)
     notify = _parse_notify(raw.get("notify"), errors)
+    budget = _parse_budget(raw.get("budget"), errors)
 
     _check_searcher(search, tune, top_level_ok and _clean(errors, "search"), errors)
+    _check_budget(search, tune, budget, errors)
     _check_device(base, resources, errors)
     if shapes_ok:
         shape_errors, min_depth = check_shapes(base, search)
@@ -225,6 +235,7 @@ def build_spec(
         analysis=analysis,
         system_metrics=system_metrics,
         notify=notify,
+        budget=budget,
         source=source,
         **top,
     )
@@ -427,38 +438,43 @@ def _parse_objectives(raw: Any, errors: list[Problem]) -> tuple[tuple[str, str],
 
 
 def _parse_scheduler(raw: Any, epochs: int | None, errors: list[Problem]) -> Any:
-    """fifo or AshaSpec; `epochs` is base.optim.epochs when valid (ASHA's default max_t)."""
+    """fifo, or a scheduler's spec; `epochs` is base.optim.epochs when valid (the default
+    max_t, and the longest a trial runs)."""
     if raw == "fifo":
         return "fifo"
-    if raw == "asha":
-        raw = {"asha": None}
-    if not (isinstance(raw, dict) and list(raw) == ["asha"]):
+    if isinstance(raw, str) and raw in SCHEDULERS:
+        raw = {raw: None}
+    if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in SCHEDULERS):
         errors.append(
             Problem(
                 "tune.scheduler",
-                f"expected fifo, asha or {{asha: {{grace_period: G, max_t: T}}}}, got {raw!r}",
+                f"expected fifo, {', '.join(SCHEDULERS)} or {{asha: {{grace_period: G,"
+                f" max_t: T}}}}, got {raw!r}",
             )
         )
         return "fifo"
-    where = "tune.scheduler.asha"
-    section = _mapping(raw["asha"], where, errors) or {}
-    f = {"max_t": epochs, **_read(AshaSpec, section, where, errors)}
+    ((name, settings),) = raw.items()
+    where, cls = f"tune.scheduler.{name}", SCHEDULERS[name]
+    section = _mapping(settings, where, errors) or {}
+    f = _read(cls, section, where, errors)
+    if cls is MedianStopSpec:
+        return MedianStopSpec(**f)
+    f = {"max_t": epochs, **f}
     if f["max_t"] is None:
         return "fifo"  # no max_t and no valid epochs: reported already
-    asha = AshaSpec(**f)
-    if asha.grace_period > asha.max_t:
-        errors.append(
-            Problem(f"{where}.grace_period", f"{asha.grace_period} is above max_t={asha.max_t}")
-        )
-    if epochs is not None and asha.max_t > epochs:
+    scheduler = cls(**f)
+    grace = getattr(scheduler, "grace_period", 1)
+    if grace > scheduler.max_t:
+        errors.append(Problem(f"{where}.grace_period", f"{grace} is above max_t={scheduler.max_t}"))
+    if epochs is not None and scheduler.max_t > epochs:
         errors.append(
             Problem(
                 f"{where}.max_t",
-                f"{asha.max_t} is above base.optim.epochs={epochs}"
+                f"{scheduler.max_t} is above base.optim.epochs={epochs}"
                 " (a trial never runs longer than its epochs)",
             )
         )
-    return asha
+    return scheduler
 
 
 def _parse_seeds(raw: Any, errors: list[Problem]) -> tuple[int, ...] | None:
@@ -547,6 +563,11 @@ def _parse_analysis(raw: Any, errors: list[Problem]) -> AnalysisSpec:
         )
         blocks = "all"
     return AnalysisSpec(blocks=blocks, **f)
+
+
+def _parse_budget(raw: Any, errors: list[Problem]) -> BudgetSpec:
+    section = _mapping(raw, "budget", errors) or {}
+    return BudgetSpec(**_read(BudgetSpec, section, "budget", errors))
 
 
 def _parse_system_metrics(raw: Any, errors: list[Problem]) -> SystemMetricsSpec:
@@ -652,30 +673,92 @@ def _check_searcher(
             if d.kind != "grid"
         ]
     n, names = len(tune.objectives), ", ".join(name for name, _ in tune.objectives)
-    if n > 1 and s not in ("optuna-nsga2", None):
+    if n > 1 and s not in (*MULTI_OBJECTIVE, None):
         errors.append(
             Problem(
-                "tune.objectives", f"{n} objectives ({names}) need searcher optuna-nsga2, not {s}"
+                "tune.objectives",
+                f"{n} objectives ({names}) need searcher optuna-nsga2 or optuna-gp, not {s}",
             )
         )
-    if isinstance(tune.scheduler, AshaSpec):
-        if n > 1:
-            errors.append(
-                Problem(
-                    "tune.scheduler",
-                    f"ASHA stops trials on one metric, but tune.objectives has {n} ({names});"
-                    " use fifo",
-                )
-            )
-        if "optim.epochs" in search:
-            errors.append(
-                Problem(
-                    "search.optim.epochs",
-                    "cannot be searched with the ASHA scheduler (its max_t sets the budget)",
-                )
-            )
+    if s == "optuna-cmaes":
+        _check_cmaes(search, errors)
+    if not isinstance(tune.scheduler, str):
+        _check_scheduler(search, tune, n, names, errors)
     if tune.seeds is not None and "seed" in search:
         errors.append(Problem("search.seed", "tune.seeds sets the seed as well; keep one of them"))
+
+
+def _check_cmaes(search: Mapping[str, Domain], errors: list[Problem]) -> None:
+    # CMA-ES adapts a Gaussian over real coordinates: Optuna's CmaEsSampler draws a
+    # categorical key at random, unseen by the search, and would do so quietly.
+    errors += [
+        Problem(
+            f"search.{k}",
+            "optuna-cmaes searches real and integer ranges only, not a choice; use"
+            " uniform/loguniform/randint, or searcher optuna-gp or optuna-tpe",
+        )
+        for k, d in search.items()
+        if d.kind == "choice"
+    ]
+
+
+def _check_scheduler(
+    search: Mapping[str, Domain], tune: TuneSpec, n: int, names: str, errors: list[Problem]
+) -> None:
+    """ASHA, HyperBand and median stopping compare trials on one metric at the same epoch."""
+    key = next(k for k, cls in SCHEDULERS.items() if isinstance(tune.scheduler, cls))
+    name = SCHEDULER_NAMES[key]
+    if n > 1:
+        errors.append(
+            Problem(
+                "tune.scheduler",
+                f"{name} stops trials on one metric, but tune.objectives has {n} ({names});"
+                " use fifo",
+            )
+        )
+    if "optim.epochs" in search:
+        errors.append(
+            Problem(
+                "search.optim.epochs",
+                f"cannot be searched with the {name} scheduler (it compares trials at the"
+                " same epoch, and its max_t or the base epochs set the budget)",
+            )
+        )
+    if key == "hyperband" and tune.searcher not in ("random", "grid"):
+        # Tune's HyperBand pauses and resumes trials; a sampler asked for the next point
+        # would see a paused trial neither running nor finished.
+        errors.append(
+            Problem(
+                "tune.scheduler",
+                f"HyperBand pauses trials and resumes them, which searcher {tune.searcher}"
+                " cannot follow; use it with random or grid, or use asha with an Optuna"
+                " searcher (the asynchronous form of the same idea)",
+            )
+        )
+
+
+def _check_budget(
+    search: Mapping[str, Domain], tune: TuneSpec, budget: BudgetSpec, errors: list[Problem]
+) -> None:
+    if not budget.active or not _clean(errors, "tune.searcher", "budget"):
+        return
+    s = tune.searcher
+    if s in OPTUNA and s not in CONSTRAINED:
+        errors.append(
+            Problem(
+                "budget",
+                f"searcher {s} cannot learn constraints (Optuna's CmaEsSampler ignores them);"
+                f" use {', '.join(CONSTRAINED)}, random or grid with a budget",
+            )
+        )
+    if tune.warm_start is not None:
+        errors.append(
+            Problem(
+                "tune.warm_start",
+                "cannot seed a sweep with a budget: the earlier trials carry no constraint"
+                " values, and the searcher needs them on every trial; drop one of the two",
+            )
+        )
 
 
 def _check_device(base: TrainConfig, resources: ResourcesSpec, errors: list[Problem]) -> None:

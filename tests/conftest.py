@@ -24,10 +24,14 @@ def small_sweep_yaml(
     analysis: str,
     checkpoint_every: int = 1,
     system_metrics: str = "auto",
+    search: str = "{model.num_heads: {choice: [2, 4]}}",
+    tune: str = "{searcher: optuna-tpe, num_samples: 2, objectives: {val_accuracy: max}}",
+    extra: str = "",
 ) -> str:
     """The sweep file the Ray tests share: 2 Optuna trials (2 or 4 heads) of a tiny CCT on
-    digits, a checkpoint every `checkpoint_every` epochs; `resources`, `analysis` and
-    `system_metrics` are YAML flow mappings (or the latter's short form: auto, on, off)."""
+    digits, a checkpoint every `checkpoint_every` epochs; `resources`, `analysis`,
+    `system_metrics`, `search` and `tune` are YAML flow mappings (or the system metrics'
+    short form: auto, on, off); `extra` is appended (more sections, e.g. a budget)."""
     return f"""
 name: {name}
 base:
@@ -37,12 +41,12 @@ base:
   optim: {{epochs: {epochs}, batch_size: 64, lr: 2.0e-3, warmup_epochs: 1}}
   latency_runs: 10
   checkpoint_every: {{epochs: {checkpoint_every}}}
-search:
-  model.num_heads: {{choice: [2, 4]}}
-tune: {{searcher: optuna-tpe, num_samples: 2, objectives: {{val_accuracy: max}}}}
+search: {search}
+tune: {tune}
 resources: {resources}
 analysis: {analysis}
 system_metrics: {system_metrics}
+{extra}
 """
 
 

@@ -174,7 +174,7 @@ def test_overrides_apply():
 
 def test_wrong_overrides_error():
     assert _errors(None, ("tune.searcher=bayes",)) == [
-        "tune.searcher: invalid value 'bayes' (choose from optuna-tpe, optuna-nsga2, random, grid)"
+        "tune.searcher: invalid value 'bayes' (choose from optuna-tpe, optuna-nsga2, optuna-gp, optuna-cmaes, random, grid)"
     ]
     assert _errors(None, ("base.optim.lrr=0.1",))[0].startswith(
         "base.optim.lrr: unknown key, did you mean 'lr'?"

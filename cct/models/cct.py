@@ -63,7 +63,9 @@ class CCT(nn.Module):
             raise ValueError(f"pos_embedding={s.pos_embedding!r}: expected learnable, sine or none")
         self.dropout = nn.Dropout(s.dropout)
 
-        rates = torch.linspace(0, s.drop_path, s.depth).tolist()  # stochastic depth 0 -> max
+        rates = torch.linspace(
+            0, s.drop_path, s.depth, device="cpu"
+        ).tolist()  # 0 -> max; "cpu": on meta too
         blocks: list[nn.Module] = []
         for i in range(s.depth):
             if i < s.conv_blocks:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
+import torch.distributed
 from ray.train import Checkpoint
 
 from analysis.runs import ANALYSIS_LOGGED_TAG, CHECKPOINT_DIR
@@ -22,6 +24,10 @@ from orchestrator.tracking import NullTracker, RunTracker
 from orchestrator.worker.tune_report import HELD  # the last epoch's report, held back from Tune
 
 
+class OverBudget(RuntimeError):
+    """The trial's model is slower than the sweep's budget.max_latency_ms: not trained."""
+
+
 class RayCallbacks:
     def __init__(
         self,
@@ -30,16 +36,40 @@ class RayCallbacks:
         data: DeviceData,
         clock: ComputeClock | None = None,
         marks: Marks | None = None,
+        max_latency_ms: float | None = None,
     ) -> None:
         self.tracker, self.analysis, self.data, self.clock = tracker, analysis, data, clock
         self.marks = marks or Marks(time.time())
         self.last_report: dict[str, Any] = {}
+        self.max_latency_ms = max_latency_ms
+        self.measured: dict[str, float] = {}  # params, MACs, latency: what on_start heard
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.tracker.log_start(info)
         # Before any epoch: an attempt that fails in its first one is counted too.
         self.tracker.log_attempt(int(info["first_epoch"]), this_node_id())
         self.marks.mark("model_ready")
+        self.check_budget(info)
+
+    def check_budget(self, info: dict[str, Any]) -> None:
+        """Before the first training step: OverBudget on every rank when the slowest rank's
+        batch-1 latency is above the bound (a resumed attempt has passed it already; the
+        ranks agree, so none waits alone in a collective)."""
+        self.measured = {k: float(info[k]) for k in ("params", "macs", "latency_ms")}
+        if self.max_latency_ms is None or int(info["first_epoch"]) != 1:
+            return
+        latency = self.measured["latency_ms"]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([latency], dtype=torch.float64, device=self.data.train_x.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            latency = float(t.item())
+        self.measured["latency_ms"] = latency
+        if latency > self.max_latency_ms:
+            raise OverBudget(
+                f"latency_ms {latency:.4g} above budget.max_latency_ms"
+                f" {self.max_latency_ms:.4g} (batch 1, measured on this trial's device"
+                " before its first step): not trained"
+            )
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         # MLflow first: if we die between the two, the epoch is re-run on resume and the

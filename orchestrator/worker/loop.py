@@ -23,7 +23,7 @@ import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
 
-from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG
+from analysis.runs import FAILURE_MESSAGE_TAG, FAILURE_TAG, OVER_BUDGET
 from cct import dist
 from cct.config import ConfigError, TrainConfig
 from cct.data import load_dataset
@@ -33,7 +33,7 @@ from orchestrator.cost import ComputeClock, Held
 from orchestrator.phase_marks import Marks
 from orchestrator.tracking import NullTracker, RunTracker
 from orchestrator.worker import system_metrics
-from orchestrator.worker.callbacks import RayCallbacks
+from orchestrator.worker.callbacks import OverBudget, RayCallbacks
 from orchestrator.worker.log import trial_log
 
 FAILED = FAILURE_TAG  # in the one report of a trial that failed for good: its reason
@@ -73,15 +73,21 @@ def simulated_gpus(config: dict[str, Any]) -> bool:
     return bool(config.get("simulated_gpus")) or os.environ.get(SIMULATED_GPUS_ENV) == "1"
 
 
-def report_failure(tracker: NullTracker, reason: str, message: str, objectives: list[str]) -> None:
+def report_failure(
+    tracker: NullTracker,
+    reason: str,
+    message: str,
+    objectives: list[str],
+    measured: dict[str, float] | None = None,
+) -> None:
     """The trial's end, on every rank: the MLflow run FAILED with the reason (rank 0) and one
     report that tells Tune and its searcher it failed (the objectives as NaN: Tune checks
-    every result carries them)."""
+    every result carries them; over the budget, what was measured replaces them, so the
+    searcher learns the constraint from real values)."""
     tracker.log_failure(reason, message)
     print(f"trial failed for good ({reason}), not retried: {message}", file=sys.stderr)
-    ray.train.report(
-        {**{name: math.nan for name in objectives}, FAILED: reason, FAILURE_MESSAGE_TAG: message}
-    )
+    values = {name: math.nan for name in objectives} | (measured or {})
+    ray.train.report({**values, FAILED: reason, FAILURE_MESSAGE_TAG: message})
 
 
 def failed_before(config: dict[str, Any]) -> tuple[str, str] | None:
@@ -175,7 +181,7 @@ def _train(config: dict[str, Any], rank: int, marks: Marks) -> None:
             wait_for_memory(config)
             failure = _fit(cfg, config, tracker, world, clock, marks)
         if failure is not None:
-            report_failure(tracker, *failure, objectives)
+            report_failure(tracker, *failure[:2], objectives, *failure[2:])
     finally:
         if clock is not None:  # the final evaluation and analysis, or up to a crash
             _log_compute(tracker, clock)
@@ -195,25 +201,37 @@ def _fit(
     world: int,
     clock: ComputeClock | None = None,
     marks: Marks | None = None,
-) -> tuple[str, str] | None:
-    """Run the trainer; (reason, message) for a failure no retry heals, else None."""
+) -> tuple[Any, ...] | None:
+    """Run the trainer; (reason, message) for a failure no retry heals (plus what was
+    measured, for a model over the budget), else None."""
     marks = marks or Marks(time.time())
     checkpoint = ray.train.get_checkpoint()
+    callbacks = None
     try:
         gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         _, device = dist.setup(assigned_device(gpu_ids, simulated=simulated_gpus(config)))
         with sampling_system_metrics(config, device):
             data = load_dataset(cfg.data, device)  # the analysis reuses it
             marks.mark("data_ready")
+            callbacks = RayCallbacks(
+                tracker,
+                config.get("analysis"),
+                data,
+                clock,
+                marks,
+                max_latency_ms=(config.get("budget") or {}).get("latency_ms"),
+            )
             with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
                 fit(
                     cfg,
-                    callbacks=RayCallbacks(tracker, config.get("analysis"), data, clock, marks),
+                    callbacks=callbacks,
                     resume_from=Path(folder) if folder else None,
                     data=data,
                     latency_shared=config.get("latency_shared", False),
                     device=device,
                 )
+    except OverBudget as e:
+        return OVER_BUDGET, str(e), callbacks.measured if callbacks else {}
     except TrainingDiverged as e:
         return "diverged", str(e)
     except ConfigError as e:
