@@ -93,7 +93,7 @@ def test_cli_writes_summary_arrays_and_pictures(checkpoint, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--checkpoint", "/nonexistent/ckpt"], "not a checkpoint folder"),
+        (["--checkpoint", "/nonexistent/ckpt"], "/nonexistent/ckpt: no such file or folder"),
         (["--blocks", "9"], "out of range"),
         (["--blocks", "0,x"], "--blocks"),
         (["--units", "bogus"], "--units"),

@@ -42,12 +42,26 @@ def test_a_fresh_lease_refuses_a_second_driver_and_names_where_the_first_runs(tm
     assert read_lease(client, exp, "ctl").driver == first.driver
 
 
-def test_a_stale_lease_is_taken_over(tmp_path):
+@pytest.mark.parametrize("how", ["its machine went silent", "its process is gone"])
+def test_a_dead_drivers_lease_is_taken_over(tmp_path, how):
     client, exp = store(tmp_path)
-    dead = replace(new_lease(), heartbeat=time.time() - EXPIRES_S - 1)  # a SIGKILLed driver
+    if how == "its machine went silent":  # another host: its heartbeat expired
+        dead = replace(new_lease(), host="gone", heartbeat=time.time() - EXPIRES_S - 1)
+    else:  # this host, fresh heartbeat, but the process was SIGKILLed
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        dead = replace(new_lease(), pid=child.pid)
     client.set_experiment_tag(exp, "cct.driver.ctl", dead.to_tag())
     mine = acquire(client, exp, "ctl", new_lease())
     assert read_lease(client, exp, "ctl").driver == mine.driver != dead.driver
+
+
+def test_a_live_driver_elsewhere_is_not_taken_over(tmp_path):
+    client, exp = store(tmp_path)
+    other = replace(new_lease(), host="another-machine", pid=1)  # fresh heartbeat
+    client.set_experiment_tag(exp, "cct.driver.ctl", other.to_tag())
+    with pytest.raises(SweepBusy, match="on another-machine"):
+        acquire(client, exp, "ctl", new_lease())
 
 
 def test_of_two_drivers_starting_together_one_runs(tmp_path):
@@ -131,16 +145,19 @@ def start_driver(root, hook: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+EPOCHS = 60
+
+
 @pytest.mark.slow
 def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path):
     root = tmp_path
     (root / "sweep.yaml").write_text(
         small_sweep_yaml(
             name="ctl",
-            epochs=10,
+            epochs=EPOCHS,
             resources="{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
             analysis="{blocks: none}",
-        )
+        ).replace("batch_size: 64", "batch_size: 32")  # long enough epochs to steer it live
         + f"notify: {{webhook_env: {HOOK_ENV}}}\n"
     )
     hook = Hook()  # the sweep's webhook, on loopback
@@ -204,7 +221,7 @@ def test_list_status_cancel_stop_then_resume_finishes_every_trial_once(tmp_path)
     (other,) = [t for tid, t in final.items() if tid != victim]
     assert other.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(other.info.run_id, "val_accuracy")]
-    assert sorted(steps) == list(range(1, 11)), steps  # every epoch once
+    assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # every epoch once
     # the environment on the sweep run (started, then resumed: two records) and each trial run
     parent = client.get_run(other.data.tags["mlflow.parentRunId"])
     assert parent.data.tags.get("environment_starts") == "2"

@@ -69,7 +69,7 @@ def find(client: MlflowClient, name: str) -> Any:
 def driver_of(client: MlflowClient, run: Any) -> Lease | None:
     """The fresh lease of the driver running this sweep run, or None."""
     lease = read_lease(client, run.info.experiment_id, run.data.tags.get(SWEEP_TAG, ""))
-    if lease is None or not lease.fresh() or lease.run_id not in ("", run.info.run_id):
+    if lease is None or not lease.alive() or lease.run_id not in ("", run.info.run_id):
         return None
     return lease
 

@@ -2,8 +2,9 @@
 runs it and when it last said so. The lease is keyed by the sweep's name, not its run: two
 drivers of a new sweep would otherwise each create a run of their own.
 
-Taking it: a fresh lease of another driver refuses this one; a stale one (no heartbeat for
-EXPIRES_S: its driver was SIGKILLed or its machine crashed) is taken over. MLflow's tags are
+Taking it: a live lease of another driver refuses this one; a dead one is taken over: on
+this machine, as soon as its process is gone (SIGKILL, a crash); from another machine, once
+its heartbeat is EXPIRES_S old (that machine crashed or lost the store). MLflow's tags are
 last-writer-wins, so a driver writes its lease, waits SETTLE_S and reads it back: of two
 drivers that start together, the one whose write came first sees the other's and steps back.
 """
@@ -18,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -56,6 +58,11 @@ class Lease:
     def fresh(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) - self.heartbeat < EXPIRES_S
 
+    def alive(self) -> bool:
+        """Fresh, and on this machine also still running (a killed driver's lease is fresh
+        for a minute, but its process is gone: the next run need not wait)."""
+        return self.fresh() and (self.host != socket.gethostname() or _running(self))
+
     def to_tag(self) -> str:
         return json.dumps(asdict(self))
 
@@ -93,13 +100,13 @@ def running_elsewhere(tracking_uri: str, experiment: str, sweep: str) -> Lease |
     if found is None:
         return None
     lease = read_lease(client, found.experiment_id, sweep)
-    return lease if lease is not None and lease.fresh() else None
+    return lease if lease is not None and lease.alive() else None
 
 
 def acquire(client: MlflowClient, experiment_id: str, sweep: str, mine: Lease) -> Lease:
     """Take the sweep's lease for `mine`, or raise SweepBusy naming the driver that has it."""
     held = read_lease(client, experiment_id, sweep)
-    if held is not None and held.driver != mine.driver and held.fresh():
+    if held is not None and held.driver != mine.driver and held.alive():
         raise SweepBusy(sweep, held)
     try:
         client.set_experiment_tag(experiment_id, lease_key(sweep), mine.to_tag())
@@ -127,6 +134,17 @@ def release(client: MlflowClient, experiment_id: str, sweep: str, mine: Lease) -
     held = read_lease(client, experiment_id, sweep)
     if held is not None and held.driver == mine.driver:
         client.delete_experiment_tag(experiment_id, lease_key(sweep))
+
+
+def _running(lease: Lease) -> bool:
+    """Whether the lease's process still runs here (the same process: a reused pid started
+    after the lease was taken)."""
+    try:
+        return psutil.Process(lease.pid).create_time() <= lease.since + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # another user's process: assume it is the driver
+        return True
 
 
 def _when(t: float) -> str:
