@@ -20,7 +20,6 @@ from ray import tune
 from ray.tune import Callback
 
 from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG
-from cct.checkpoint import git_commit
 from orchestrator.callbacks import Interruption, MlflowStatusCallback
 from orchestrator.cluster import (
     Capacity,
@@ -41,6 +40,7 @@ from orchestrator.study import (
     prepare_study,
     study_of,
 )
+from orchestrator.study_storage import journal_sync, restore_study
 from orchestrator.summary import print_best, print_summary, summarize, sweep_description
 from orchestrator.tracking import (
     create_parent_run,
@@ -49,6 +49,7 @@ from orchestrator.tracking import (
     latest_sweep_run,
     library_versions,
     mark_interrupted,
+    provenance_tags,
     reopen,
     set_status,
 )
@@ -202,7 +203,7 @@ def open_parent_run(
         sweep=spec.name,
         tags={
             "spec_hash": spec.hash,
-            "git_commit": git_commit() or "unknown",
+            **provenance_tags(),
             NOTE_TAG: sweep_description(spec),
             **{f"version.{k}": v for k, v in versions.items()},
         },
@@ -345,6 +346,8 @@ def run_sweep(
             f"{spec.experiment!r} (parent run {parent_run_id}) in {tracking_uri}",
             flush=True,
         )
+        if resumed:  # the study kept with the checkpoints, where the driver's disk lost it
+            restore_study(client.get_run(parent_run_id), spec.storage_path, ray_experiment)
         study = sweep_study(client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm)
         ctx = SweepContext(
             spec=spec,
@@ -365,6 +368,7 @@ def run_sweep(
                 MlflowStatusCallback(tracking_uri, experiment_id, parent_run_id),
                 interruption,
                 StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
+                *journal_sync(study, spec.storage_path, ray_experiment),
             ],
             ray_experiment,
             capacity,

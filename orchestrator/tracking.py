@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from analysis import runs
 from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
 from cct.config import flatten
+from cct.provenance import source_provenance
 from orchestrator.compute import WALL_HOURS
 
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
@@ -257,6 +258,18 @@ def _metrics(values: dict[str, Any], step: int) -> list[Metric]:
     ]
 
 
+def provenance_tags() -> dict[str, str]:
+    """git_commit and git_dirty of the code that runs: from git, or on a cluster synced without
+    .git from the provenance file deploy/up.sh wrote (git_provenance says which)."""
+    found = source_provenance()
+    dirty = found["dirty"]
+    return {
+        "git_commit": str(found["commit"] or "unknown"),
+        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "git_provenance": str(found["source"]),
+    }
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -279,6 +292,7 @@ __all__ = [
     "ensure_experiment",
     "latest_sweep_run",
     "library_versions",
+    "provenance_tags",
     "mark_interrupted",
     "reopen",
     "set_status",
