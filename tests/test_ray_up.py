@@ -18,10 +18,12 @@ started is stopped by process id, and the user is removed.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -183,59 +185,81 @@ def _user_processes(uid: int) -> list[int]:
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     why = _missing()
     if why:
         pytest.skip(why)
     base = tmp_path_factory.mktemp("rayup")
+    # a SIGTERM (CI's timeout) still runs the cleanup below: the user and its processes go
+    old_handler = signal.signal(signal.SIGTERM, _interrupt)
     user = f"cctup{os.getpid() % 100000}"
     home = Path(f"/tmp/{user}")
     subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/bash", user], check=True)
-    # no password at all ('*'), rather than a locked account, which sshd refuses even a key
-    subprocess.run(["usermod", "-p", "*", user], check=True)
     uid = pwd.getpwnam(user).pw_uid
-    ports = {k: free_port() for k in ("ssh", "ray", "dashboard", "mlflow", "client", "agent")}
-    local_home = base / "home"
-    local_home.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "CCT_"))},
-        "HOME": str(local_home),  # your machine's ~/.ray/auth_token and ~/.cct, not root's
-        "RAY_TMPDIR": str(base / "rt"),  # the launcher's state file of the local provider
-        "PATH": f"{sys.prefix}/bin:{os.environ['PATH']}",
-    }
-    sshd = _start_sshd(base, user, home, ports["ssh"])
-    log: list[tuple[float, str]] = []
-    path = _cluster_file(base, user, home, ports)
-    state = {"base": base, "user": user, "home": home, "ports": ports, "env": env, "path": path,
-             "log": log, "up": False}  # fmt: skip
+    state: dict = {"base": base, "user": user, "home": home, "log": [], "up": False}
+    sshd = None
     try:
+        # no password at all ('*'), rather than a locked account, which sshd refuses a key
+        subprocess.run(["usermod", "-p", "*", user], check=True)
+        ports = {k: free_port() for k in ("ssh", "ray", "dashboard", "mlflow", "client", "agent")}
+        local_home = base / "home"
+        local_home.mkdir()
+        env = {
+            **{
+                k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "CCT_"))
+            },
+            "HOME": str(local_home),  # your machine's ~/.ray/auth_token and ~/.cct, not root's
+            "RAY_TMPDIR": str(base / "rt"),  # the launcher's state file of the local provider
+            "PATH": f"{sys.prefix}/bin:{os.environ['PATH']}",
+        }
+        sshd = _start_sshd(base, user, home, ports["ssh"])
+        path = _cluster_file(base, user, home, ports)
+        state.update(ports=ports, env=env, path=path)
         t0 = time.monotonic()
         state["up_out"] = _run([str(ROOT / "deploy/up.sh"), str(path), "-y", "--no-config-cache"],
-                               env, 600, log)  # fmt: skip
+                               env, 600, state["log"])  # fmt: skip
         state["up_s"] = time.monotonic() - t0
+        state["provenance"] = json.loads((ROOT / "deploy/provenance/provenance.json").read_text())
         state["up"] = True
         yield state
     finally:
         if state["up"]:
-            down_log: list = []
-            t0 = time.monotonic()
-            try:  # as the README says: MLflow off, then this user's Ray
-                _run(["ray", "exec", str(path), "kill -TERM -- -$(cat ~/.cct/mlflow.pid)"],
-                     env, 120, down_log)  # fmt: skip
-                _run(["ray", "down", "-y", str(path)], env, 120, down_log)
-            finally:
-                state["down_s"] = time.monotonic() - t0
-                _timeline(state, down_log)
-        sshd.terminate()
-        sshd.wait(timeout=10)
+            _down(state)
+        if state.get("set_credentials"):  # set for this test's MLflow client only
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key, None)
+        if sshd is not None:
+            sshd.terminate()
+            sshd.wait(timeout=10)
         for pid in _user_processes(uid):  # what Ray or MLflow left of that user's, by id
             try:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(f"/tmp/ray-{user}", ignore_errors=True)  # its RAY_TMPDIR
+        signal.signal(signal.SIGTERM, old_handler)
+
+
+def _down(state: dict) -> None:
+    """As the README says: MLflow off, then `ray down` (this user's Ray, by its `ray stop`)."""
+    down_log: list = []
+    t0 = time.monotonic()
+    kill_mlflow = "kill -TERM -- -$(cat ~/.cct/mlflow.pid)"
+    try:
+        _run(["ray", "exec", str(state["path"]), kill_mlflow], state["env"], 120, down_log)
+    finally:
+        try:
+            _run(["ray", "down", "-y", str(state["path"])], state["env"], 120, down_log)
+        finally:
+            state["down_s"] = time.monotonic() - t0
+            _timeline(state, down_log)
 
 
 def _timeline(state: dict, down_log: list) -> None:
@@ -267,8 +291,6 @@ def test_a_shortened_quickstart_runs_on_the_cluster(cluster):
     out = _exec(cluster, SWEEP)
     cluster["sweep_s"] = time.monotonic() - t0
     assert "Starting sweep 'quickstart'" in out, out[-3000:]
-    first = next((t for t, line in cluster["log"] if "trial-" in line and "epoch" in line), None)
-    cluster["first_trial_s"] = None if first is None else round(first, 1)
     client = _mlflow(cluster)
     exp = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([exp.experiment_id], max_results=50)
@@ -277,12 +299,14 @@ def test_a_shortened_quickstart_runs_on_the_cluster(cluster):
     assert len(sweeps) == 1 and len(trials) == 4, [r.data.tags for r in runs]
     assert all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
     assert all(r.data.metrics.get("val_accuracy") is not None for r in trials)
+    # the timeline: from the sweep run's start to the first trial's end
+    first = min(r.info.end_time for r in trials) - sweeps[0].info.start_time
+    cluster["first_trial_s"] = round(first / 1000, 1)
     # the commit reached the cluster without .git: from the file deploy/up.sh wrote
     tags = sweeps[0].data.tags
     assert tags["git_provenance"] == "file", tags
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode == 0:
-        assert tags["git_commit"] == head.stdout.strip()
+    assert tags["git_commit"] == cluster["provenance"]["commit"]
+    assert tags["git_dirty"] == str(cluster["provenance"]["dirty"]).lower()
     # the study is kept with the checkpoints, in the shared storage
     journals = list((cluster["home"] / "shared/ray_results").glob("*-optuna/*.journal"))
     assert journals, list((cluster["home"] / "shared/ray_results").iterdir())
@@ -299,6 +323,22 @@ def test_the_jobs_api_runs_the_readmes_command(cluster):
     assert '"source": "file"' in out, out[-3000:]
 
 
+def test_a_resume_on_a_head_that_lost_the_study_continues_it(cluster):
+    # the driver's optuna/ folder gone (as on a new head): the same command resumes, and the
+    # study comes back from the storage with every trial
+    out = _exec(cluster, f"rm -rf ~/cct/optuna && {SWEEP}")
+    assert "Resuming sweep 'quickstart'" in out, out[-3000:]
+    assert "Restored the sweep's Optuna study from" in out, out[-3000:]
+    count = _exec(
+        cluster,
+        'cd ~/cct && python -c "import optuna; s = optuna.storages.JournalStorage('
+        "optuna.storages.journal.JournalFileBackend('optuna/quickstart.journal')); "
+        "print('trials:', sum(len(optuna.load_study(study_name=x.study_name, storage=s).trials)"
+        ' for x in optuna.get_all_study_summaries(s)))"',
+    )
+    assert "trials: 4" in count, count[-2000:]
+
+
 def _mlflow(state: dict):
     from mlflow.tracking import MlflowClient
 
@@ -306,5 +346,6 @@ def _mlflow(state: dict):
         line.split("=", 1)
         for line in (state["base"] / "home/.cct/mlflow_credentials").read_text().split()
     )
+    state["set_credentials"] = True
     os.environ.update(creds)  # the MLflow client reads them from the environment
     return MlflowClient(f"http://127.0.0.1:{state['ports']['mlflow']}")

@@ -44,6 +44,9 @@ fi
 # -- Ray: this user's Ray on this node is stopped (Ray's own convention for a cluster node),
 # then the head starts with the autoscaler's config that `ray up` wrote.
 ray stop
+# RAY_ADDRESS reaches every Ray process started here: Ray's helpers that look "the" cluster up
+# (address "auto") would otherwise pick the newest Ray on the machine, another user's included.
+export RAY_ADDRESS=$ADDRESS:${CCT_RAY_PORT:-6379}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # shellcheck disable=SC2086  # CCT_RAY_START_ARGS is a list of options
 ray start --head --node-ip-address="$ADDRESS" --port="${CCT_RAY_PORT:-6379}" \
@@ -80,7 +83,8 @@ MLFLOW_SERVER_ALLOWED_HOSTS=$HOSTS MLFLOW_AUTH_CONFIG_PATH=$STATE/basic_auth.ini
 echo $! > "$PIDFILE"
 
 URI=http://$ADDRESS:$MLFLOW_PORT
-echo "export MLFLOW_TRACKING_URI=$URI" > "$STATE/head_env"  # the driver's, via ~/.cct_env
+# the driver's, via ~/.cct_env (ray exec, ray job submit's shell, `--address auto`)
+printf 'export MLFLOW_TRACKING_URI=%s RAY_ADDRESS=%s\n' "$URI" "$RAY_ADDRESS" > "$STATE/head_env"
 for _ in $(seq 120); do
     if python - "$URI/health" <<'EOF' 2>/dev/null; then
 import sys, urllib.request
