@@ -264,7 +264,7 @@ def _down(state: dict) -> None:
 
 def _timeline(state: dict, down_log: list) -> None:
     """Printed with -s: when ray up reached each of its steps, the sweep and ray down."""
-    marks = {"sync": "Syncing files", "setup": "Running setup commands",
+    marks = {"sync": "Processing file mounts", "setup": "Running setup commands",
              "start": "Starting the Ray runtime"}  # fmt: skip
     seen = {k: next((t for t, line in state["log"] if m in line), None) for k, m in marks.items()}
     print(f"\nray up timeline: {seen}, up {state.get('up_s', 0):.0f} s; "

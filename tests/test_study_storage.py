@@ -80,7 +80,7 @@ base:
   latency_runs: 5
 search:
   optim.lr: {loguniform: [1.0e-3, 5.0e-3]}
-tune: {searcher: optuna-tpe, num_samples: 3, objectives: {val_accuracy: max}}
+tune: {searcher: optuna-tpe, num_samples: 2, objectives: {val_accuracy: max}}
 resources: {workers_per_trial: 1, cpus_per_worker: 0.9, max_concurrent_trials: 1}
 analysis: {blocks: none}
 """
@@ -111,7 +111,7 @@ def test_a_resume_with_only_the_storage_continues_the_whole_study(tmp_path):
         text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: finished() >= 1, timeout=240, what="the first trial in the study")
+        wait_for(lambda: finished() >= 1, timeout=480, what="the first trial in the study")
         time.sleep(3)  # Tune saves its state (and the journal) after the trial's result
         os.killpg(first.pid, signal.SIGINT)
         out = first.communicate(timeout=120)[0]
@@ -124,7 +124,7 @@ def test_a_resume_with_only_the_storage_continues_the_whole_study(tmp_path):
     shutil.rmtree(tmp_path / "optuna")  # the driver's disk lost the study
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=400)  # fmt: skip
+                           timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Restored the sweep's Optuna study from" in again.stdout
     storage = optuna.storages.JournalStorage(
@@ -134,6 +134,6 @@ def test_a_resume_with_only_the_storage_continues_the_whole_study(tmp_path):
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     ids = [t.user_attrs.get("ray_trial_id") for t in trials]
     finished_ids = [i for t, i in zip(trials, ids) if t.state.name == "COMPLETE"]
-    assert len(finished_ids) == 3 and len(set(finished_ids)) == 3, [
+    assert len(finished_ids) == 2 and len(set(finished_ids)) == 2, [
         (t.state, i) for t, i in zip(trials, ids)
     ]
