@@ -243,7 +243,8 @@ def cluster(tmp_path_factory):
                 pass
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(f"/tmp/ray-{user}", ignore_errors=True)  # its RAY_TMPDIR
+        for left in (f"/tmp/ray-{user}", f"/tmp/torchinductor_{user}"):  # Ray's, torch's
+            shutil.rmtree(left, ignore_errors=True)
         signal.signal(signal.SIGTERM, old_handler)
 
 
