@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from cct.config import TrainConfig
 from cct.models import CCT, CCTSettings
+from cct.provenance import source_provenance
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -29,17 +29,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    # From git, or from the provenance file where the code was synced without .git (ray up).
+    return source_provenance()["commit"]
 
 
 def save_checkpoint(

@@ -33,7 +33,7 @@ from cct.typed_reader import python_value
 from orchestrator.console import format_eta, format_table, format_value
 from orchestrator.control.notify import Notifier, ui_link
 from orchestrator.control.requests import CancelStopper
-from orchestrator.study import StudyPlace, distributions
+from orchestrator.study import StudyPlace, distributions, shared_journal, upload_journal
 from orchestrator.tracking import set_status
 from orchestrator.tune_objects import FAILED_KEY, FINISHED_KEY, TRIAL_ATTR
 from search_spaces.spec import SweepSpec
@@ -291,3 +291,25 @@ def _number(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+class JournalSync(Callback):
+    """Copies the study's journal to the shared storage at each save of Tune's state (Tune
+    asks every callback for its state then) and at the end of the sweep."""
+
+    def __init__(self, local: str, shared: str) -> None:
+        self.local, self.shared = local, shared
+
+    def get_state(self) -> dict | None:
+        upload_journal(self.local, self.shared)
+        return None  # nothing of its own to keep
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        upload_journal(self.local, self.shared)
+
+
+def journal_sync(place: StudyPlace | None, storage_path: str, ray_experiment: str) -> list:
+    """The callback that keeps `place` with the checkpoints ([] for a sweep without a study)."""
+    if place is None:
+        return []
+    return [JournalSync(place.storage, shared_journal(storage_path, ray_experiment, place))]

@@ -20,8 +20,13 @@ from ray import tune
 from ray.tune import Callback
 
 from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG
-from cct.checkpoint import git_commit
-from orchestrator.callbacks import Interruption, MlflowStatusCallback, StatusTable, StudyRecorder
+from orchestrator.callbacks import (
+    Interruption,
+    MlflowStatusCallback,
+    StatusTable,
+    StudyRecorder,
+    journal_sync,
+)
 from orchestrator.cluster import (
     Capacity,
     NodeWatcher,
@@ -39,6 +44,7 @@ from orchestrator.study import (
     find_warm_start,
     new_study_place,
     prepare_study,
+    restore_study,
     study_of,
 )
 from orchestrator.summary import print_best, print_summary, summarize, sweep_description
@@ -50,6 +56,7 @@ from orchestrator.tracking import (
     latest_sweep_run,
     library_versions,
     mark_interrupted,
+    provenance_tags,
     record_environment,
     reopen,
     set_status,
@@ -211,7 +218,7 @@ def open_parent_run(
         sweep=spec.name,
         tags={
             "spec_hash": spec.hash,
-            "git_commit": git_commit() or "unknown",
+            **provenance_tags(),
             NOTE_TAG: sweep_description(spec),
             **{f"version.{k}": v for k, v in versions.items()},
         },
@@ -361,6 +368,7 @@ def sweep_tuner(
         MlflowStatusCallback(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
         interruption,
         StatusTable([key for key, _ in spec.search], spec.base.optim.epochs),
+        *journal_sync(study, spec.storage_path, ray_experiment),
     ]
     experiment_path = f"{spec.storage_path.rstrip('/')}/{ray_experiment}"
     gate = BudgetGate(spec, ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
@@ -405,6 +413,8 @@ def run_sweep(
             )
             presence.attach(parent_run_id)
             announce_start(client, spec, parent_run_id, tracking_uri, resumed=resumed)
+            if resumed:  # the study kept with the checkpoints, where the driver's disk lost it
+                restore_study(client.get_run(parent_run_id), spec.storage_path, ray_experiment)
             study = sweep_study(
                 client, parent_run_id, spec, tracking_uri, resumed=resumed, warm=warm
             )

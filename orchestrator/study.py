@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from pyarrow import fs as pafs
 
 from analysis import runs
 from analysis.importance import optuna_distribution
@@ -258,3 +259,58 @@ def _within(d: Domain, value: Any) -> bool:
     if d.kind == "randint" and not isinstance(value, int):
         return False
     return d.low <= value <= d.high
+
+
+# --------------------------------------------------------------------------------------
+# kept with the checkpoints: the journal is copied to `<storage_path>/<ray experiment>-optuna/`
+# each time Tune saves its state there (callbacks.JournalSync), and copied back before a
+# resume that finds the driver's copy missing or behind (a new head after `ray down`/`ray
+# up`, a SLURM job on another node, a rescheduled pod). A journal needs file locks and
+# appends, which s3:// has not, so it lives on the driver's disk and travels as a copy; any
+# storage Tune writes to works (pyarrow.fs, as Tune itself uses).
+
+
+def shared_journal(storage_path: str, ray_experiment: str, place: StudyPlace) -> str:
+    """Where the copy of the study's journal is kept, beside the Tune experiment."""
+    return f"{storage_path.rstrip('/')}/{ray_experiment}-optuna/{Path(place.storage).name}"
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri)
+
+
+def upload_journal(local: str, shared: str) -> None:
+    """Copy the driver's journal to the shared storage (whole, through a temporary name)."""
+    if not Path(local).is_file():
+        return
+    filesystem, path = _fs(shared)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with open(local, "rb") as src, filesystem.open_output_stream(path + ".tmp") as out:
+        out.write(src.read())
+    filesystem.move(path + ".tmp", path)
+
+
+def restore_journal(local: str, shared: str) -> bool:
+    """Copy the shared journal to the driver's disk when the driver has none, or has an
+    earlier part of the same journal (its bytes begin the shared copy's); returns whether it
+    did. A driver's journal that went another way is left as it is."""
+    filesystem, path = _fs(shared)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with filesystem.open_input_stream(path) as src:
+        kept = src.read()
+    mine = Path(local).read_bytes() if Path(local).is_file() else b""
+    if len(kept) <= len(mine) or not kept.startswith(mine):
+        return False
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    Path(local + ".restoring").write_bytes(kept)
+    Path(local + ".restoring").replace(local)
+    return True
+
+
+def restore_study(run: Any, storage_path: str, ray_experiment: str) -> None:
+    """Before a resumed sweep opens its study: bring the journal back from the storage."""
+    place = study_of(run)
+    shared = place and shared_journal(storage_path, ray_experiment, place)
+    if shared and restore_journal(place.storage, shared):
+        print(f"Restored the sweep's Optuna study from {shared}", flush=True)

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from analysis import runs
 from analysis.runs import default_tracking_uri, find_trial_run, latest_sweep_run
 from cct import environment
+from cct.provenance import source_provenance
 from cct.typed_reader import flatten
 from orchestrator.cost import WALL_HOURS
 
@@ -292,6 +293,18 @@ def _metrics(values: dict[str, Any], step: int) -> list[Metric]:
     ]
 
 
+def provenance_tags() -> dict[str, str]:
+    """git_commit and git_dirty of the code that runs: from git, or on a cluster synced without
+    .git from the provenance file deploy/up.sh wrote (git_provenance says which)."""
+    found = source_provenance()
+    dirty = found["dirty"]
+    return {
+        "git_commit": str(found["commit"] or "unknown"),
+        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "git_provenance": str(found["source"]),
+    }
+
+
 def library_versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
@@ -313,6 +326,7 @@ __all__ = [
     "ensure_experiment",
     "latest_sweep_run",
     "library_versions",
+    "provenance_tags",
     "mark_interrupted",
     "reopen",
     "set_status",

@@ -94,7 +94,7 @@ def test_the_shipped_cluster_file_reads_as_a_cluster_that_grows():
     import yaml
 
     types, _ = cluster._from_file(_write(yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())))
-    assert [t.name for t in types if t.max_count > 0] == ["head", "gpu_worker"]
+    assert [t.name for t in types if t.max_count > 0] == ["head", "gpu_ondemand", "gpu_spot"]
 
 
 def test_a_named_autoscaler_config_that_is_missing_is_an_error(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ import yaml
 from orchestrator.cluster import nodes_not_seeing
 
 ROOT = Path(__file__).resolve().parents[1]
+START = ROOT / "deploy/head/start.sh"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def test_ray_validates_the_cluster_file(config):
     types = prepared["available_node_types"]
     head = types[prepared["head_node_type"]]
     gpu = [t for name, t in types.items() if name != prepared["head_node_type"]]
-    assert len(gpu) == 1 and gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1
+    assert len(gpu) == 2  # spot and on-demand
+    assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu)
     assert head["node_config"]["InstanceType"].startswith(("m", "c", "r"))  # a CPU head
     assert prepared["provider"]["type"] == "aws"
 
@@ -51,15 +53,15 @@ def test_token_auth_is_on_everywhere_and_the_token_is_only_copied(config):
 
 
 def test_nothing_listens_on_a_public_interface(config):
-    head = _commands(config, "head_start_ray_commands")
+    # the head's start is deploy/head/start.sh, shared with the on-prem file
+    assert config["head_start_ray_commands"] == ["bash ~/cct/deploy/head/start.sh"]
+    head = START.read_text()
     assert "--dashboard-host=127.0.0.1" in head
     assert "0.0.0.0" not in head
-    mlflow = next(c for c in config["head_start_ray_commands"] if "nohup mlflow server" in c)
-    # the private address (hostname -I) and loopback only
-    assert re.search(r"--host \"\$\(hostname -I", mlflow)
-    assert "--bind 127.0.0.1:5000" in mlflow
-    assert '--backend-store-uri "sqlite:///' in mlflow  # a database backend
-    assert "--artifacts-destination" in mlflow
+    assert '--host "$ADDRESS"' in head  # the private address (or CCT_HEAD_ADDRESS) ...
+    assert "--bind 127.0.0.1:$MLFLOW_PORT" in head  # ... and loopback only
+    assert '--backend-store-uri "sqlite:///' in head  # a database backend
+    assert "--artifacts-destination" in head
 
 
 def test_the_project_runs_on_every_node_with_cuda_torch(config):
@@ -68,7 +70,8 @@ def test_the_project_runs_on_every_node_with_cuda_torch(config):
     assert '-e "$HOME/cct' in setup
     assert config["file_mounts"]["~/cct"] == "."
     assert "CCT_STORAGE_PATH=" in setup
-    assert "MLFLOW_TRACKING_URI=http://" in _commands(config, "head_setup_commands")
+    # the driver's MLFLOW_TRACKING_URI: written by the head's start, read by ~/.cct_env
+    assert "~/.cct/head_env" in setup and "MLFLOW_TRACKING_URI=" in START.read_text()
 
 
 def test_no_secrets_in_the_cluster_file():
@@ -177,6 +180,73 @@ def test_the_head_can_launch_nodes_with_boto3(prepared):
     assert boto and all("--python ~/cct-env/bin/python" in c for c in boto), boto
     # and the head's ray start (the autoscaler) runs in that environment
     assert all("source ~/.cct_env" in c for c in prepared["head_start_ray_commands"] if "ray " in c)
+    assert "source ~/.cct_env" in START.read_text()
+
+
+def test_the_head_has_a_profile_of_its_own_so_ray_creates_no_role(prepared):
+    from ray.autoscaler._private.aws.config import _configure_iam_role
+
+    # With a head profile in the file Ray neither creates ray-autoscaler-v1 nor calls AWS.
+    assert _configure_iam_role(prepared) is prepared
+    head = prepared["available_node_types"][prepared["head_node_type"]]["node_config"]
+    arn = head["IamInstanceProfile"]["Arn"]
+    assert arn.endswith(":instance-profile/cct-sweeps-head"), arn
+    text = (ROOT / "ray_cluster.yaml").read_text() + (ROOT / "README.md").read_text()
+    assert "--role-name ray-autoscaler-v1" not in text  # Ray's own role, made by ray up
+
+
+def test_ssh_is_open_only_where_the_user_says_and_imdsv2_is_required(prepared):
+    from ray.autoscaler._private.aws.config import _configure_security_group
+
+    # Every node type names its security group: Ray then makes none (and so none with its
+    # SSH rule from 0.0.0.0/0), without calling AWS.
+    assert _configure_security_group(prepared) is prepared
+    for name, t in prepared["available_node_types"].items():
+        node = t["node_config"]
+        assert node["SecurityGroupIds"], name
+        assert node["MetadataOptions"]["HttpTokens"] == "required", name
+    readme = (ROOT / "README.md").read_text()
+    assert "authorize-security-group-ingress" in readme and "/32" in readme
+
+
+def test_spot_first_with_an_on_demand_fallback(prepared):
+    import copy
+
+    from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
+    from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
+    from ray.core.generated.autoscaler_pb2 import ResourceRequest, ResourceRequestByCount
+
+    types = {k: v for k, v in prepared["available_node_types"].items() if k != "head"}
+    spot = [k for k, t in types.items() if t["node_config"].get("InstanceMarketOptions")]
+    demand = [k for k in types if k not in spot]
+    assert spot == ["gpu_spot"] and demand == ["gpu_ondemand"]
+    assert (
+        types["gpu_spot"]["node_config"]["InstanceType"]
+        == (types["gpu_ondemand"]["node_config"]["InstanceType"])
+    )
+    # `ray up`'s autoscaler (v2) scheduling two one-GPU trials on g5.xlarge-sized types:
+    # spot first; on-demand once spot launches failed (their availability drops to 0)
+    config = copy.deepcopy({**prepared, "file_mounts": {}})  # (it hashes mounted files)
+    for name, t in config["available_node_types"].items():
+        t["resources"] = {"CPU": 8} if name == "head" else {"CPU": 4, "GPU": 1}
+    types = AutoscalingConfig(config).get_node_type_configs()
+    trial = ResourceRequest(resources_bundle={"CPU": 4, "GPU": 1})
+
+    def launch(availability: dict) -> dict:
+        reply = ResourceDemandScheduler(None).schedule(
+            SchedulingRequest(
+                disable_launch_config_check=True,
+                node_type_configs=types,
+                max_num_nodes=8,
+                resource_requests=[ResourceRequestByCount(request=trial, count=2)],
+                recoverable_resource_availabilities=availability,
+                cloud_resource_availabilities=availability,
+            )
+        )
+        return {r.instance_type: r.count for r in reply.to_launch}
+
+    assert launch({}) == {"gpu_spot": 2}
+    assert launch({"gpu_spot": 0.0}) == {"gpu_ondemand": 2}
 
 
 def test_gpu_workers_carry_an_instance_profile_for_the_bucket(prepared):
@@ -186,7 +256,109 @@ def test_gpu_workers_carry_an_instance_profile_for_the_bucket(prepared):
             continue
         arn = t["node_config"]["IamInstanceProfile"]["Arn"]
         assert re.fullmatch(r"arn:aws:iam::[\w-]+:instance-profile/cct-sweeps-worker", arn), arn
-    text = (ROOT / "ray_cluster.yaml").read_text() + (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for command in ("aws iam create-role", "aws iam create-instance-profile",
                     "aws iam add-role-to-instance-profile", "iam:PassRole"):  # fmt: skip
         assert command in text, command
+
+
+# -- the on-prem file, the head's start both files run, and deploy/up.sh --------------------
+
+
+CLUSTER_FILES = ("ray_cluster.yaml", "deploy/onprem/cluster.yaml")
+
+
+def test_the_onprem_file_validates_with_rays_local_provider():
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "deploy/onprem/cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "local"
+    node_type = prepared["available_node_types"]["local.cluster.node"]
+    assert node_type["min_workers"] == node_type["max_workers"] == 2  # the listed workers
+    assert "CCT_PYTHON_ENV=" in config["setup_commands"][0]  # an environment to reuse
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_both_files_share_the_head_start_and_keep_secrets_and_outputs_home(name):
+    config = yaml.safe_load((ROOT / name).read_text())
+    assert config["head_start_ray_commands"] == ["bash ~/cct/deploy/head/start.sh"]
+    mounts = config["file_mounts"]
+    assert mounts["~/.cct/mlflow_credentials"] == "~/.cct/mlflow_credentials"
+    assert mounts["~/cct/deploy/provenance"] == "deploy/provenance"
+    # rsync keeps a file's mode: right after the copy the secrets become 0600
+    assert (
+        "chmod 600 ~/.ray/auth_token ~/.cct/mlflow_credentials"
+        in config["initialization_commands"][0]
+    )
+    excluded = set(config["rsync_exclude"])
+    assert {"optuna", "ray_results", "mlflow.db", "mlartifacts", "**/.git"} <= excluded
+    assert "set -a; . ~/.cct/mlflow_credentials; set +a" in _commands(config, "setup_commands")
+
+
+def test_the_head_start_runs_mlflow_as_it_must_and_never_pkill():
+    head = START.read_text()
+    code = [line for line in head.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "pkill" in line]  # it would match its own shell
+    assert 'kill -TERM -- "-$pid"' in head  # the earlier server, by its process group
+    for needed in ("--app-name basic-auth", "--workers 1", "MLFLOW_AUTH_ADMIN_PASSWORD=",
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY=", "MLFLOW_SERVER_ALLOWED_HOSTS=", "/health"):  # fmt: skip
+        assert needed in head, needed
+
+
+def _up(args: list[str], tmp_path: Path, ray_stub: bool = True):
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if ray_stub:  # stands in for Ray's CLI: records what it was asked, makes a token
+        (bin_dir / "ray").write_text(
+            '#!/bin/sh\necho "ray $*" >> "$HOME/ray-calls"\n'
+            'if [ "$1" = get-auth-token ]; then echo tok > "$HOME/.ray/auth_token"; fi\n'
+        )
+        (bin_dir / "ray").chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path),
+           "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    return subprocess.run(
+        [str(ROOT / "deploy/up.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_up_refuses_a_file_with_placeholders_naming_the_lines(name, tmp_path):
+    done = _up([str(ROOT / name), "-y"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "still has the placeholders above" in done.stderr
+    assert re.search(r"cluster\.yaml:\d+: .*(EDIT-|REPLACE-AMI|192\.0\.2\.)", done.stdout)
+    assert not (tmp_path / "ray-calls").exists()  # nothing was launched
+
+
+def test_up_makes_the_secrets_0600_and_the_provenance_then_runs_ray_up(tmp_path):
+    text = (ROOT / "deploy/onprem/cluster.yaml").read_text()
+    text = re.sub(r"192\.0\.2\.(\d+)", r"10.0.0.\1", text)
+    (tmp_path / "lab.yaml").write_text(text)
+    done = _up([str(tmp_path / "lab.yaml"), "-y"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = (tmp_path / "ray-calls").read_text().splitlines()
+    assert calls == ["ray get-auth-token --generate", f"ray up {tmp_path / 'lab.yaml'} -y"]
+    for secret in (".ray/auth_token", ".cct/mlflow_credentials"):
+        assert (tmp_path / secret).stat().st_mode & 0o777 == 0o600, secret
+    creds = (tmp_path / ".cct/mlflow_credentials").read_text()
+    assert re.fullmatch(r"MLFLOW_TRACKING_USERNAME=cct\nMLFLOW_TRACKING_PASSWORD=\S{20,}\n", creds)
+    import json
+    import subprocess
+
+    prov = json.loads((ROOT / "deploy/provenance/provenance.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert prov["commit"] == head.stdout.strip() and isinstance(prov["dirty"], bool)
+    # never committed: git ignores it (and rsync's .gitignore filter then skips it in ~/cct,
+    # which is why the file_mounts name its folder on its own)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/provenance/provenance.json"],
+                             cwd=ROOT)  # fmt: skip
+    assert ignored.returncode in (0, 128)  # 128: no git here
