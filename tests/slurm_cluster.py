@@ -157,6 +157,24 @@ def _node_idle(env: dict[str, str]) -> bool:
     return out.returncode == 0 and out.stdout.strip() in ("idle", "mix")
 
 
+def _cancel_all_jobs(env: dict[str, str], procs: list[subprocess.Popen]) -> None:
+    """Jobs still running when the test ends (a failed wait): cancel them and let slurmd
+    kill their processes; stopped first, slurmd would leave them running, orphaned."""
+    if len(procs) < 3 or any(p.poll() is not None for p in procs):
+        return
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+    jobs = out.stdout.split()
+    if not jobs:
+        return
+    subprocess.run(["scancel", *jobs], env=env, capture_output=True)
+    deadline = time.monotonic() + 60  # KillWait, then slurmd's SIGKILL
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+        if not out.stdout.strip():
+            return
+        time.sleep(1)
+
+
 @contextmanager
 def local_slurm(root: Path) -> Iterator[dict[str, str]]:
     """Start munged, slurmctld and slurmd under `root`; yield the environment for SLURM's
@@ -182,6 +200,7 @@ def local_slurm(root: Path) -> Iterator[dict[str, str]]:
         _wait(lambda: _node_idle(env), 60, "the SLURM node to be idle", procs)
         yield env
     finally:
+        _cancel_all_jobs(env, procs)
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

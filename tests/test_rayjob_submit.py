@@ -161,7 +161,7 @@ def ray_job(tmp_path_factory):
         if head.poll() is None:
             head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
             try:
-                head.wait(60)
+                head.wait(15)  # (its graceful stop can take 30 s; the rest is killed below)
             except subprocess.TimeoutExpired:
                 head.kill()
                 head.wait(10)

@@ -322,7 +322,7 @@ def test_the_time_limit_signal_stops_cleanly_and_the_same_command_resumes(slurm,
     assert rc == 0
     log = tmp_path / f"slurm-cct-sweep-{job_id}.out"
     wait_for(
-        lambda: list(tmp_path.glob("ray_results/*-train/train-*/checkpoint_*")), 300, "a checkpoint"
+        lambda: list(tmp_path.glob("ray_results/*-train/train-*/checkpoint_*")), 600, "a checkpoint"
     )
     subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], env=env, check=True)
     wait_for(lambda: _squeue_empty(env, job_id), 120, "the job to end")
