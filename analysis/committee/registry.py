@@ -36,7 +36,7 @@ from analysis.committee.pyfunc_model import (
 )
 from analysis.committee.select import Candidate
 from cct.config import TrainConfig
-from cct.data import load_dataset
+from cct.data import DatasetError, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "committee"  # the logged model's name under the committee run
@@ -77,7 +77,13 @@ def _preprocessing(cfg: TrainConfig, candidate: Candidate, cache: dict[str, Any]
     """The member's input preprocessing, read from its dataset as its trial loaded it."""
     key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
     if key not in cache:
-        data = load_dataset(cfg.data, "cpu")
+        try:
+            data = load_dataset(cfg.data, "cpu")
+        except (DatasetError, OSError) as e:
+            raise RegistryError(
+                f"member {candidate.run_id}: its dataset {cfg.data.dataset!r} cannot be read "
+                f"here for its normalisation ({e}); nothing registered"
+            ) from None
         cache[key] = {
             "dataset": data.name,
             "mean": list(data.mean),
