@@ -80,7 +80,7 @@ class Price:
 
 def price_config(cfg: TrainConfig) -> Price:
     """Parameters and MACs of `cfg`'s model, built on the meta device: shapes without
-    weights or data, so pricing a configuration costs milliseconds and no memory."""
+    weights or data: under a second for a CCT-7 (on 2 cores), and no memory."""
     classes, channels, size = dataset_shape(cfg.data)
     with torch.device("meta"):
         model = create_model(

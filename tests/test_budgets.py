@@ -285,11 +285,11 @@ def test_hyperband_brackets_trials_on_the_epoch(tmp_path):
 
 RAY_SWEEP = small_sweep_yaml(
     name="budget_e2e",
-    epochs=3,
+    epochs=2,
     resources="{workers_per_trial: 1, cpus_per_worker: 0.45, max_concurrent_trials: 2}",
     analysis="{blocks: none}",
     search=WIDTHS,
-    tune="{searcher: optuna-tpe, num_samples: 3, objectives: {val_accuracy: max},"
+    tune="{searcher: optuna-tpe, num_samples: 2, objectives: {val_accuracy: max},"
     " scheduler: {median_stopping: {grace_period: 1, min_samples_required: 2}}}",
     extra="budget: {max_macs: 5.0e+5, max_latency_ms: 1000.0}",  # only embed_dim 32 fits
 )
@@ -317,7 +317,7 @@ def test_a_budgeted_sweep_trains_only_within_it_and_its_study_holds_the_rest(tmp
         assert r.info.status == "FAILED" and r.data.tags[FAILURE_TAG] == OVER_BUDGET
         assert "budget.max_macs" in r.data.tags[FAILURE_MESSAGE_TAG]
         assert "val_accuracy" not in r.data.metrics and r.data.metrics["macs"] > 5.0e5
-    assert len(trained) == 3  # priced-out configurations do not count toward num_samples
+    assert len(trained) == 2  # priced-out configurations do not count toward num_samples
     assert all(r.data.metrics["macs"] <= 5.0e5 for r in trained)
     assert all(r.data.metrics["latency_ms"] <= 1000 for r in trained)
     assert f"Budget: {len(priced)} configuration(s) priced out" in out.stdout
