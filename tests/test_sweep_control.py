@@ -130,11 +130,16 @@ HOOK_ENV = "CCT_TEST_HOOK"  # the sweep file's notify.webhook_env
 
 
 def control(root, *argv: str, hook: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    t0 = time.monotonic()
+    done = subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", *argv],
         cwd=root, env={**local_env(), HOOK_ENV: hook}, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
+    # the transcript, for `pytest -s`
+    print(f"$ python -m orchestrator.sweep {' '.join(argv)}   # {time.monotonic() - t0:.1f} s")
+    print(done.stdout + done.stderr, end="")
+    return done
 
 
 def start_driver(root, hook: str) -> subprocess.Popen:
