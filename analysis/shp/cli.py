@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 from pathlib import Path
 from typing import get_args
@@ -173,9 +174,6 @@ AUTHORS_NOTE = (
 def _analyse_authors(args, blocks, device: torch.device, options: ShpOptions) -> dict:
     """The analysis of a state dict in the authors' layout; the summary says where the
     checkpoint came from and which split the matrices were made on."""
-    # deferred: the pipeline, torch and mlflow load after the arguments are checked
-    import json
-
     # deferred: the pipeline, torch and mlflow load after the arguments are checked
     from analysis.shp.pipeline import analyze_model, jsonable
     from cct.config import ConfigError, DataConfig
