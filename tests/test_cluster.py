@@ -169,6 +169,18 @@ def multinode_sweep(ray_cluster, mlflow_server, tmp_path_factory):
 
         runs = wait_for(running_on_two_nodes, 300, "two trials on two nodes", proc)
         first_nodes = {r.data.tags["trial_id"]: r.data.tags["ray_node_id"] for r in runs}
+        # Seen from another shell, through the MLflow server alone (orchestrator/control).
+        watched = {
+            command: subprocess.run(
+                [sys.executable, "-m", "orchestrator.sweep", command, *extra],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=_sweep_env(mlflow_server, storage),
+            )  # fmt: skip
+            for command, extra in (("list", []), ("status", ["multinode"]))
+        }
 
         # One of them has checkpointed and logged a few epochs: take its rank 0's node away.
         def epochs_logged(trial_id: str) -> int:
@@ -200,7 +212,17 @@ def multinode_sweep(ray_cluster, mlflow_server, tmp_path_factory):
         "log": log.read_text(),
         "first_nodes": first_nodes,
         "removed": removed,
+        "watched": watched,
     }
+
+
+def test_list_and_status_see_the_running_sweep_from_another_shell(multinode_sweep):
+    listed, status = multinode_sweep["watched"]["list"], multinode_sweep["watched"]["status"]
+    assert listed.returncode == 0 and "multinode" in listed.stdout, listed.stderr
+    assert "running" in listed.stdout, listed.stdout
+    assert status.returncode == 0, status.stderr
+    nodes = {n[:8] for n in multinode_sweep["first_nodes"].values()}
+    assert all(n in status.stdout for n in nodes), status.stdout  # each trial's node
 
 
 def test_trials_ran_on_different_nodes(multinode_sweep):
