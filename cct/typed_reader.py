@@ -14,24 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-PosEmbedding = Literal["learnable", "sine", "none"]
-ConvBlockNorm = Literal["batch", "group", "none"]
-ConvBlockAct = Literal["relu", "gelu"]
-DatasetName = Literal["digits", "synthetic", "cifar10", "cifar100", "flowers102"]
-DeviceName = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "bf16", "fp32"]
-FinalWeights = Literal["final", "best"]
-# Augmentation recipes (SPEC 3): the CCT authors' 300-epoch CIFAR config (RandomResizedCrop,
-# RandAugment) and their older 200-epoch examples (4-pixel padded crop).
-AugmentRecipe = Literal["cct300", "cct200"]
-CropKind = Literal["pad", "resized"]
-# The SHP analysis' choices, stated once here, the lowest layer: analysis/shp checks them, the
-# sweep file's `analysis:` section and `python -m analysis.shp` offer them.
-ShpUnits = Literal["heads", "nodes", "ff"]
-ShpPooling = Literal["mean", "seqpool"]
-ShpFit = Literal["fast", "faithful"]
-SHP_THRESHOLD = 0.3  # binarisation threshold of the normalised field matrices (SPEC 4.4)
-
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names it."""
