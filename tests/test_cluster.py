@@ -294,3 +294,69 @@ def test_local_store_refused_on_many_nodes(ray_cluster, tmp_path):
     assert "MLFLOW_TRACKING_URI" in lines[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was written
+
+
+def test_cancel_stop_and_resume_from_another_shell_on_the_cluster(
+    ray_cluster, mlflow_server, tmp_path
+):
+    """orchestrator/control on the multi-node path: the requests reach the driver through the
+    MLflow server alone; the resume finishes the surviving trial with every epoch once."""
+    cluster, _ = ray_cluster
+    epochs = 20
+    (tmp_path / "sweep.yaml").write_text(
+        SWEEP.replace("multinode", "multictl")
+        .replace(f"epochs: {EPOCHS}", f"epochs: {epochs}")
+        .replace("batch_size: 64", "batch_size: 32")  # epochs long enough to steer it live
+    )
+    env = _sweep_env(mlflow_server, tmp_path / "shared")
+
+    def sweep() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.sweep", "--config", "sweep.yaml",
+             "--address", cluster.address],
+            cwd=tmp_path, stdout=(tmp_path / "sweep.log").open("a"), stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+
+    def control(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.sweep", *argv],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env,
+        )  # fmt: skip
+
+    client = _client(mlflow_server)
+
+    def started() -> list | None:
+        runs = _trial_runs(mlflow_server, "multictl")
+        done = [len(client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]
+        return runs if len(runs) == 2 and min(done) >= 1 else None
+
+    driver = sweep()
+    try:
+        victim = wait_for(started, 420, "two trials past their first epoch", driver)[0]
+        victim_id = victim.data.tags["trial_id"]
+        cancel = control("cancel", "multictl", victim_id)
+        assert cancel.returncode == 0, cancel.stderr
+        wait_for(
+            lambda: client.get_run(victim.info.run_id).info.status == "KILLED",
+            180, "the cancelled trial's run KILLED", driver,
+        )  # fmt: skip
+        stop = control("stop", "multictl")
+        assert stop.returncode == 0, stop.stderr
+        assert driver.wait(180) == 128 + signal.SIGTERM
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    resumed = sweep()
+    try:
+        assert resumed.wait(900) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+    runs = {r.data.tags["trial_id"]: r for r in _trial_runs(mlflow_server, "multictl")}
+    assert runs[victim_id].info.status == "KILLED"
+    assert runs[victim_id].data.tags.get("cancelled") == "true"
+    (other,) = [r for t, r in runs.items() if t != victim_id]
+    assert other.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(other.info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, epochs + 1)), steps
