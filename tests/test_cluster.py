@@ -296,17 +296,24 @@ def test_local_store_refused_on_many_nodes(ray_cluster, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was written
 
 
-def test_cancel_stop_and_resume_from_another_shell_on_the_cluster(
+def test_stop_resume_and_cancel_from_another_shell_on_the_cluster(
     ray_cluster, mlflow_server, tmp_path
 ):
-    """orchestrator/control on the multi-node path: the requests reach the driver through the
-    MLflow server alone; the resume finishes the surviving trial with every epoch once."""
+    """orchestrator/control on the multi-node path, through the MLflow server alone: a grid of
+    a short trial and one far too long; the sweep stopped, resumed, the long trial cancelled
+    in the resumed sweep, which ends with the short one finished once."""
     cluster, _ = ray_cluster
-    epochs = 20
+    short, long = 8, 2000
     (tmp_path / "sweep.yaml").write_text(
-        SWEEP.replace("multinode", "multictl")
-        .replace(f"epochs: {EPOCHS}", f"epochs: {epochs}")
-        .replace("batch_size: 64", "batch_size: 32")  # epochs long enough to steer it live
+        small_sweep_yaml(
+            name="multictl",
+            epochs=short,
+            resources="{workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 1, "
+            "max_concurrent_trials: 2}",
+            analysis="{blocks: none}",
+            search=f"{{optim.epochs: {{grid: [{short}, {long}]}}}}",
+            tune="{searcher: grid, objectives: {val_accuracy: max}}",
+        )
     )
     env = _sweep_env(mlflow_server, tmp_path / "shared")
 
@@ -326,37 +333,40 @@ def test_cancel_stop_and_resume_from_another_shell_on_the_cluster(
 
     client = _client(mlflow_server)
 
-    def started() -> list | None:
+    def by_budget() -> dict[int, object]:
         runs = _trial_runs(mlflow_server, "multictl")
-        done = [len(client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]
-        return runs if len(runs) == 2 and min(done) >= 1 else None
+        return {int(r.data.params["optim.epochs"]): r for r in runs}
+
+    def long_running_past(epoch: int) -> bool:
+        run = by_budget().get(long)
+        if run is None or client.get_run(run.info.run_id).info.status != "RUNNING":
+            return False
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        return max((m.step for m in history), default=0) > epoch
 
     driver = sweep()
     try:
-        victim = wait_for(started, 420, "two trials past their first epoch", driver)[0]
-        victim_id = victim.data.tags["trial_id"]
-        cancel = control("cancel", "multictl", victim_id)
-        assert cancel.returncode == 0, cancel.stderr
-        wait_for(
-            lambda: client.get_run(victim.info.run_id).info.status == "KILLED",
-            180, "the cancelled trial's run KILLED", driver,
-        )  # fmt: skip
+        wait_for(lambda: long_running_past(0), 420, "the long trial training", driver)
         stop = control("stop", "multictl")
         assert stop.returncode == 0, stop.stderr
         assert driver.wait(180) == 128 + signal.SIGTERM
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+    long_run = by_budget()[long]
+    reached = max(m.step for m in client.get_metric_history(long_run.info.run_id, "val_accuracy"))
     resumed = sweep()
     try:
-        assert resumed.wait(900) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
+        wait_for(lambda: long_running_past(reached), 420, "the long trial resumed", resumed)
+        cancel = control("cancel", "multictl", long_run.data.tags["trial_id"])
+        assert cancel.returncode == 0, cancel.stderr
+        assert resumed.wait(600) == 0, (tmp_path / "sweep.log").read_text()[-4000:]
     finally:
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
-    runs = {r.data.tags["trial_id"]: r for r in _trial_runs(mlflow_server, "multictl")}
-    assert runs[victim_id].info.status == "KILLED"
-    assert runs[victim_id].data.tags.get("cancelled") == "true"
-    (other,) = [r for t, r in runs.items() if t != victim_id]
-    assert other.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(other.info.run_id, "val_accuracy")]
-    assert sorted(steps) == list(range(1, epochs + 1)), steps
+    final = by_budget()
+    assert final[long].info.status == "KILLED"
+    assert final[long].data.tags.get("cancelled") == "true"
+    assert final[short].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(final[short].info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, short + 1)), steps
