@@ -335,7 +335,10 @@ def test_stop_resume_and_cancel_from_another_shell_on_the_cluster(
 
     def by_budget() -> dict[int, object]:
         runs = _trial_runs(mlflow_server, "multictl")
-        return {int(r.data.params["optim.epochs"]): r for r in runs}
+        # a run just created may not have its params yet: it is not listed until it has
+        return {
+            int(r.data.params["optim.epochs"]): r for r in runs if "optim.epochs" in r.data.params
+        }
 
     def long_running_past(epoch: int) -> bool:
         run = by_budget().get(long)

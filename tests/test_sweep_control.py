@@ -179,7 +179,10 @@ def test_list_status_stop_resume_then_cancel_finishes_every_trial_once(tmp_path)
         exp = client.get_experiment_by_name("ctl")
         parents = client.search_runs([exp.experiment_id], "tags.role = 'sweep'") if exp else []
         runs = trial_runs(client, exp.experiment_id, parents[0].info.run_id) if parents else []
-        return {int(r.data.params["optim.epochs"]): r for r in runs}
+        # a run just created may not have its params yet: it is not listed until it has
+        return {
+            int(r.data.params["optim.epochs"]): r for r in runs if "optim.epochs" in r.data.params
+        }
 
     def long_trial_running_at(epoch: int) -> bool:
         run = trials().get(LONG)
