@@ -54,9 +54,25 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 UI_RUNS_QUERY = "workflowType=machine_learning"
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+
+
+def ui_server(tracking_uri: str) -> str:
+    """The UI that shows the store at `tracking_uri`: the tracking server itself, else
+    `mlflow ui` started on the local store."""
+    return (
+        tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    )
+
+
 def ui_runs_url(server: str, experiment_id: str) -> str:
     """The page of the UI at `server` that lists the experiment's runs."""
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{UI_RUNS_QUERY}"
+
+
+def ui_run_url(server: str, experiment_id: str, run_id: str) -> str:
+    """One run's page in the UI at `server`."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (Markdown)
@@ -145,9 +161,14 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
     return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+def no_progress_bars() -> None:
+    """MLflow's artifact downloads print no progress bar (a console's or log's noise)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def quiet_mlflow() -> None:
     """MLflow's progress bars, logs and warnings would break a CLI's one-line error contract."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    no_progress_bars()
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -28,10 +28,12 @@ from analysis.runs import (
     OVER_BUDGET,
     STOPPED_EARLY_TAG,
     find_trial_run,
+    ui_run_url,
+    ui_server,
 )
 from cct.typed_reader import python_value
 from orchestrator.console import format_eta, format_table, format_value
-from orchestrator.control.notify import Notifier, ui_link
+from orchestrator.control.notify import Notifier
 from orchestrator.control.requests import CancelStopper
 from orchestrator.study import StudyPlace, distributions, shared_journal, upload_journal
 from orchestrator.tracking import set_status
@@ -100,7 +102,7 @@ class MlflowStatusCallback(Callback):
 
     def _notify(self, trial_id: str, run_id: str, why: str) -> None:
         if Notifier.active is not None:
-            link = ui_link(self.uri, self.experiment_id, run_id)
+            link = ui_run_url(ui_server(self.uri), self.experiment_id, run_id)
             Notifier.active.send(
                 "trial_failed", f"trial {trial_id} failed for good, {why} — {link}"
             )

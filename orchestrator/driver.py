@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Callback
 
-from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG
+from analysis.runs import NOTE_TAG, SWEEP_DIR, WARM_START_TAG, ui_run_url, ui_server
 from orchestrator.callbacks import (
     Interruption,
     MlflowStatusCallback,
@@ -35,7 +35,7 @@ from orchestrator.cluster import (
     cluster_problems,
 )
 from orchestrator.control.lease import SweepBusy, running_elsewhere
-from orchestrator.control.notify import Notifier, ui_link
+from orchestrator.control.notify import Notifier
 from orchestrator.control.requests import CancelStopper, driving
 from orchestrator.study import (
     StudyPlace,
@@ -452,7 +452,9 @@ def run_sweep(
         errored = summary["errored"]
         set_status(client, parent_run_id, "FAILED" if errored else "FINISHED")
         print_summary(spec, summary, tracking_uri=tracking_uri)
-        announce_end(spec, summary, ui_link(tracking_uri, experiment_id, parent_run_id))
+        announce_end(
+            spec, summary, ui_run_url(ui_server(tracking_uri), experiment_id, parent_run_id)
+        )
         return 1 if errored and not summary["finished"] else 0
 
 

@@ -14,6 +14,7 @@ from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
 from analysis.runs import (
     FAILURE_TAG,
+    LOCAL_UI,
     OVER_BUDGET,
     PRICED_OUT_TAG,
     SWEEP_DIR,
@@ -164,7 +165,7 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
     exp_id = summary["experiment_id"]
     if tracking_uri.startswith("sqlite:///"):
         print(f"  browse:     mlflow ui --backend-store-uri {tracking_uri}")
-        print(f"              then {ui_runs_url('http://127.0.0.1:5000', exp_id)}")
+        print(f"              then {ui_runs_url(LOCAL_UI, exp_id)}")
     elif tracking_uri.startswith(("http://", "https://")):
         print(f"  browse:     {ui_runs_url(tracking_uri, exp_id)}")
     print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")

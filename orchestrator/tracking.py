@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -355,8 +354,7 @@ def describe_changes(changed: list[str], shown: int = 6) -> str:
 
 
 def _load_json(client: MlflowClient, run_id: str, path: str) -> dict | None:
-    # No progress bar in the sweep's console or a worker's log for one small file.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    runs.no_progress_bars()  # none in the sweep's console or a worker's log for one small file
     with tempfile.TemporaryDirectory() as d:
         try:
             return json.loads(Path(client.download_artifacts(run_id, path, d)).read_text())

@@ -6,7 +6,6 @@ refused like any bad key."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ import pytest
 from orchestrator.control.notify import Notifier
 from search_spaces import SpecError, load_spec
 from search_spaces.spec import NotifySpec
+from tests.conftest import free_port
 
 
 class Hook:
@@ -91,12 +91,6 @@ def test_events_left_out_of_the_file_are_not_sent(hook):
     n.send("finished", "this one")
     n.close()
     assert [p["event"] for p in hook.received] == ["finished"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["hangs", "refuses"])

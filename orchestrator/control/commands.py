@@ -28,6 +28,7 @@ from analysis.runs import (
     TRIAL_ID_TAG,
     RunLookupError,
     default_tracking_uri,
+    find_sweep,
     open_store,
     quiet_mlflow,
     trial_runs,
@@ -54,9 +55,10 @@ def sweep_runs(client: MlflowClient, name: str | None = None) -> list[Any]:
 def find(client: MlflowClient, name: str) -> Any:
     """The sweep run NAME means: a sweep run id, else the newest run of that sweep name."""
     if len(name) == RUN_ID_LENGTH and all(c in "0123456789abcdef" for c in name):
-        run = client.get_run(name)
-        if run.data.tags.get(ROLE) == SWEEP_ROLE:
-            return run
+        try:
+            return find_sweep(client, experiment=None, sweep_run_id=name)[1]
+        except RunLookupError:
+            pass  # not a sweep run's id: perhaps a sweep's name
     found = sweep_runs(client, name)
     if not found:
         known = sorted({r.data.tags.get(SWEEP_TAG, "?") for r in sweep_runs(client)})

@@ -114,9 +114,3 @@ class Notifier:
                     f"warning: the notify webhook failed ({e}); the sweep goes on", file=sys.stderr
                 )
                 self.warned = True
-
-
-def ui_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: the tracking server's own, else `mlflow ui`'s."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
