@@ -26,7 +26,9 @@ from cct.typed_reader import (
 PosEmbedding = Literal["learnable", "sine", "none"]
 ConvBlockNorm = Literal["batch", "group", "none"]
 ConvBlockAct = Literal["relu", "gelu"]
-DatasetName = Literal["digits", "synthetic", "cifar10", "cifar100", "flowers102"]
+DatasetName = Literal[
+    "digits", "synthetic", "synthetic_groups", "cifar10", "cifar100", "flowers102"
+]
 DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 FinalWeights = Literal["final", "best"]

@@ -4,12 +4,14 @@ the parent run and printed with the next commands to run."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from analysis.committee.select import EPS, default_tolerance
 from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
 from analysis.runs import (
@@ -75,8 +77,11 @@ def summarize(
         key=lambda r: r[first],
         reverse=mode == "max",
     )
+    # the validation split's size (logged at each trial's start): the committee hint's rule
+    n_val = next((int(r.data.metrics["n_val"]) for r in runs if "n_val" in r.data.metrics), None)
     summary = {
         "sweep": spec.name,
+        "n_val": n_val,
         "experiment_id": experiment_id,
         "objectives": [list(o) for o in spec.objectives],
         "trials": rows,
@@ -168,8 +173,33 @@ def print_summary(spec: SweepSpec, summary: dict[str, Any], *, tracking_uri: str
         print(f"              then {ui_runs_url(LOCAL_UI, exp_id)}")
     elif tracking_uri.startswith(("http://", "https://")):
         print(f"  browse:     {ui_runs_url(tracking_uri, exp_id)}")
-    print(f"  committee:  python -m analysis.committee --experiment {spec.experiment}")
+    print("\n".join(committee_hint(spec, summary)))
     print(f"  report:     python -m analysis.report --experiment {spec.experiment}")
+
+
+def committee_hint(spec: SweepSpec, summary: dict[str, Any]) -> list[str]:
+    """The committee command as it will work: with the default rule (candidates within one
+    binomial standard error of the best validation accuracy) when that finds 2 candidates,
+    else with the --tolerance that admits the runner-up, and why."""
+    cmd = f"  committee:  python -m analysis.committee --experiment {spec.experiment}"
+    accs = sorted(
+        (r["val_accuracy"] for r in summary["trials"] if r["status"] == "done"
+         and r.get("val_accuracy") is not None),
+        reverse=True,
+    )  # fmt: skip
+    n_val = summary.get("n_val")
+    if len(accs) < 2 or not n_val:
+        return [cmd]
+    tol = default_tolerance(accs[0], n_val)
+    if accs[1] >= accs[0] - tol - EPS:
+        return [cmd]
+    gap = math.ceil(round(100 * (accs[0] - accs[1]), 6) * 100) / 100  # points, rounded up
+    return [
+        f"{cmd} --tolerance {gap:.2f}",
+        f"              (the default tolerance, one standard error: {100 * tol:.2f} points on"
+        f" {n_val} validation images, holds only the best trial; the report judges a"
+        " committee made by the default rule only)",
+    ]
 
 
 def sweep_description(spec: SweepSpec) -> str:

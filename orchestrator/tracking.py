@@ -28,6 +28,7 @@ from cct.provenance import source_provenance
 from cct.typed_reader import flatten
 from orchestrator.cost import WALL_HOURS
 
+START_METRICS = ("params", "macs", "macs_with_attn", "latency_ms", "throughput")
 EPOCH_METRICS = ("train_loss", "val_accuracy", "samples_per_s", "epoch_seconds", "lr")
 MAX_BATCH = 900  # MLflow accepts at most 1000 entries per log_batch call
 
@@ -208,8 +209,9 @@ class RunTracker(NullTracker):
             tags=[RunTag(k, v) for k, v in tags.items()],
             metrics=_metrics(
                 {
-                    k: info[k]
-                    for k in ("params", "macs", "macs_with_attn", "latency_ms", "throughput")
+                    **{k: info[k] for k in START_METRICS},
+                    # the split sizes: the committee's default tolerance rests on n_val
+                    **{k: info.get(k) for k in ("n_val", "n_test")},
                 },
                 step=0,
             ),

@@ -2,7 +2,7 @@
 validated, frozen `SweepSpec`. No Ray here: see orchestrator/ for that."""
 
 from search_spaces.load import load_spec, packaged_spec
-from search_spaces.plan import count_trials, format_plan
+from search_spaces.plan import count_trials, format_plan, trial_configs
 from search_spaces.spec import (
     AnalysisSpec,
     AshaSpec,
@@ -35,4 +35,5 @@ __all__ = [
     "load_spec",
     "packaged_spec",
     "spec_hash",
+    "trial_configs",
 ]

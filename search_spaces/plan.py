@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import math
 from typing import Any
 
 from cct.config import TrainConfig
 from cct.typed_reader import flatten
-from search_spaces.spec import AshaSpec, Domain, HyperBandSpec, MedianStopSpec, SweepSpec
+from search_spaces.spec import (
+    AshaSpec,
+    Domain,
+    HyperBandSpec,
+    MedianStopSpec,
+    SweepSpec,
+    config_for_trial,
+)
 
 MAX_LISTED = 50  # trials spelled out one per line; more are summarised
 ALWAYS_SHOWN = ("model.variant", "data.dataset", "optim.epochs", "optim.batch_size", "optim.lr")
@@ -45,6 +53,18 @@ def _trial_table(spec: SweepSpec) -> list[dict[str, str]] | None:
         lists.append([repr(s) for s in spec.tune.seeds])
     combos = [dict(zip(keys, c, strict=True)) for c in itertools.product(*lists)]
     return combos * spec.tune.num_samples
+
+
+def trial_configs(spec: SweepSpec) -> list[TrainConfig] | None:
+    """The TrainConfig of every planned trial, in plan order: what a designed sweep (a grid
+    with seeds) will train, checkable without Ray. None when a trial draws a value at random
+    or Optuna proposes the trials (then only the sweep itself knows them)."""
+    table = _trial_table(spec)
+    if table is None or any(v == "~" for row in table for v in row.values()):
+        return None
+    return [
+        config_for_trial(spec, {k: ast.literal_eval(v) for k, v in row.items()}) for row in table
+    ]
 
 
 def _describe_scheduler(s: Any) -> str:

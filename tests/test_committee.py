@@ -31,6 +31,8 @@ from analysis.committee.select import (
     label_set_distance,
     select,
 )
+from orchestrator.summary import committee_hint
+from search_spaces import load_spec
 
 CLASSES = 5
 
@@ -190,6 +192,27 @@ def test_default_tolerance_is_one_binomial_standard_error():
         select([c.val_view() for c in make_candidates([20, 30])], max_size=5)
     # a committee of one is allowed when asked for
     assert select([c.val_view() for c in make_candidates([20, 30])], size=1).members == [0]
+
+
+def test_the_sweeps_printed_committee_command_works_as_printed():
+    """The sweep's closing lines name a committee command that works as printed (issue 30):
+    the default rule's when it finds 2 candidates, else the --tolerance that admits the
+    runner-up (a fresh quickstart's 180 validation images often hold only the best)."""
+    spec = load_spec(None)
+    printed = []
+    for mistakes in ([20, 22, 26], [20, 30]):  # runner-up 1 point below, then 5 points
+        cands = make_candidates(mistakes)
+        trials = [{"status": "done", "val_accuracy": accuracy(c.val_logits, c.val_labels)}
+                  for c in cands]  # fmt: skip
+        lines = committee_hint(spec, {"n_val": 200, "trials": trials})
+        found = re.search(r"--tolerance (\S+)", lines[0])
+        tolerance = None if found is None else float(found[1]) / 100
+        sel = select([c.val_view() for c in cands], max_size=5, tolerance=tolerance)
+        assert len(sel.members) == 2
+        printed.append(lines)
+    assert printed[0] == ["  committee:  python -m analysis.committee --experiment quickstart"]
+    assert printed[1][0].endswith("--experiment quickstart --tolerance 5.00")
+    assert "2.12 points on 200 validation images" in printed[1][1]
 
 
 def test_size_larger_than_the_pool_is_refused():

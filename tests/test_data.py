@@ -109,6 +109,23 @@ def test_synthetic_is_learnable():
     assert acc > 0.5
 
 
+def test_synthetic_groups_is_deterministic_structured_and_hard():
+    """laptop_verdicts' data: labels in groups of 4 easy to tell apart, siblings hard. The
+    oracle (nearest true template) sits between chance and perfect, so models disagree on
+    enough images for the paired tests, and every error stays inside the label's group."""
+
+    cfg = DataConfig(dataset="synthetic_groups", synthetic_classes=20, synthetic_size=8,
+                     synthetic_train=300, synthetic_test=2000, val_size=100)  # fmt: skip
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert torch.equal(a.test_x, b.test_x) and a.split_hash == b.split_hash
+    assert a.train_x.shape == (200, 3, 8, 8) and a.test_x.shape == (2000, 3, 8, 8)
+    assert a.num_classes == 20
+    templates = torch.from_numpy(sources._group_templates(20, 8, 0)).flatten(1).float() + 128
+    pred = torch.cdist(a.test_x.flatten(1).float(), templates).argmin(1)
+    assert 0.9 < (pred == a.test_y).float().mean() < 0.99
+    assert (pred // sources.GROUP_SIZE == a.test_y // sources.GROUP_SIZE).float().mean() > 0.999
+
+
 def test_img_size_resizes_fixed_size_datasets_and_scales_padding():
     d = load_dataset(DataConfig(dataset="digits", img_size=16))
     assert d.train_x.shape[1:] == (1, 16, 16) and d.img_size == 16

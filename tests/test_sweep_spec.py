@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
+from analysis.report import stats
 from cct.config import ConfigError, TrainConfig
+from cct.data.shapes import dataset_shape
+from cct.models import resolve_settings
 from search_spaces import (
     SpecError,
     check_resources,
@@ -19,6 +22,7 @@ from search_spaces import (
     format_plan,
     load_spec,
     packaged_spec,
+    trial_configs,
 )
 from search_spaces import spec as spec_module
 from search_spaces.shapes import check_shapes
@@ -342,3 +346,42 @@ def test_the_plan_names_the_prices_and_a_new_price_keeps_the_hash():
         in format_plan(priced)
     )
     assert priced.hash == plain.hash  # prices only turn hours into a cost: resume still works
+
+
+def test_laptop_verdicts_plan_has_the_designed_structure():
+    """search_spaces/laptop_verdicts.yaml, designed from the verdicts' power (its header):
+    >= 5 architectures for the sign-flip tests, each with >= 4 attention blocks; LS-MHA head
+    counts at one attention width; every conv model matched by a conv_blocks=0 model equal
+    in every other knob and seed; 2 seeds; the held-out sizes the TOST and committee tests
+    need. The sweep itself is too long for CI (about 25 minutes on 2 cores)."""
+
+    spec = load_spec("laptop_verdicts")
+    configs = trial_configs(spec)
+    assert configs is not None and len(configs) == count_trials(spec) == 16
+
+    def settings(cfg: TrainConfig):
+        classes, channels, size = dataset_shape(cfg.data)
+        m = {k: v for k, v in dataclasses.asdict(cfg.model).items() if v is not None}
+        return resolve_settings(
+            m.pop("variant"), num_classes=classes, in_channels=channels, img_size=size, **m
+        )
+
+    resolved = [settings(c) for c in configs]
+    assert {s.num_heads * s.head_dim for s in resolved} == {64}  # one attention width
+    assert {s.num_heads for s in resolved} == {2, 4, 8, 16}
+    assert min(s.depth - s.conv_blocks for s in resolved) >= 4  # attention blocks
+    archs = {c.model for c in configs}
+    assert len(archs) == 8 >= stats.min_units_for()
+    seeds = {a: sorted(c.seed for c in configs if c.model == a) for a in archs}
+    assert set(map(tuple, seeds.values())) == {(0, 1)}
+    # matched conv ablations: the same config but conv_blocks, for every conv trial
+    plain = {dataclasses.replace(c, model=dataclasses.replace(c.model, conv_blocks=0))
+             for c in configs if c.model.conv_blocks}  # fmt: skip
+    assert plain <= set(configs) and len(plain) == 8
+    data = {c.data for c in configs}
+    assert len(data) == 1  # one split for every trial: paired tests, committees
+    (d,) = data
+    assert (d.dataset, d.synthetic_classes, d.val_size, d.synthetic_test) == (
+        "synthetic_groups", 20, 2000, 10_000,
+    )  # fmt: skip
+    assert d.synthetic_train - d.val_size >= 4000

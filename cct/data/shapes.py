@@ -14,7 +14,7 @@ _NATIVE = {
 
 
 def dataset_shape(cfg: DataConfig) -> tuple[int, int, int]:
-    if cfg.dataset == "synthetic":
+    if cfg.dataset in ("synthetic", "synthetic_groups"):
         return cfg.synthetic_classes, 3, cfg.img_size or cfg.synthetic_size
     classes, channels, size = _NATIVE[cfg.dataset]
     return classes, channels, cfg.img_size or size

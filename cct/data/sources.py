@@ -150,6 +150,49 @@ def read_synthetic(cfg: DataConfig) -> Raw:
     return Raw(draw(cfg.synthetic_train, 1), draw(cfg.synthetic_test, 2), None, k, None, None)
 
 
+GROUP_SIZE = 4  # synthetic_groups: labels per group (CIFAR-100 has 20 superclasses of 5)
+GROUP_SIGNAL, CLASS_SIGNAL, GROUP_NOISE = 24.0, 12.0, 48.0  # pixel units (std 1 templates)
+
+
+def read_synthetic_groups(cfg: DataConfig) -> Raw:
+    """A harder synthetic set with label structure, for laptop sweeps that must reach the
+    report's verdicts (search_spaces/laptop_verdicts.yaml): labels come in groups of
+    GROUP_SIZE that share a smooth group template (4x4 upsampled, as `synthetic`); each label
+    adds a weaker template of its own, so a label is easy to tell from other groups and hard
+    to tell from its siblings, like CIFAR-100's superclasses. The amplitudes leave the
+    nearest-template oracle at about 97 % on 20 labels at 8x8, all its errors inside a group
+    (tests/test_data.py); small CCTs trained for minutes reach 75-85 %, so models disagree on
+    enough images for the paired tests to have something to count.
+
+    Deterministic in split_seed; train and test come from separate streams."""
+    k, s = cfg.synthetic_classes, cfg.synthetic_size
+    if k < GROUP_SIZE or s < 4 or cfg.synthetic_train < 1 or cfg.synthetic_test < 1:
+        raise DatasetError(
+            f"synthetic_groups: need classes >= {GROUP_SIZE}, size >= 4, train/test >= 1; got "
+            f"classes={k}, size={s}, train={cfg.synthetic_train}, test={cfg.synthetic_test}"
+        )
+    templates = _group_templates(k, s, cfg.split_seed)
+
+    def draw(n: int, stream: int) -> Part:
+        rng = np.random.default_rng([cfg.split_seed, stream])
+        y = rng.integers(0, k, n)
+        x = 128 + templates[y] + GROUP_NOISE * rng.normal(size=(n, 3, s, s))
+        return Part(np.rint(x.clip(0, 255)).astype(np.uint8), y.astype(np.int64), np.arange(n))
+
+    return Raw(draw(cfg.synthetic_train, 1), draw(cfg.synthetic_test, 2), None, k, None, None)
+
+
+def _group_templates(k: int, s: int, seed: int) -> np.ndarray:
+    """(k, 3, s, s) pixel offsets: label j's group template plus its own weaker one."""
+    groups = -(-k // GROUP_SIZE)
+    rng = np.random.default_rng([seed, 3])
+    coarse = np.concatenate([rng.normal(size=(groups, 3, 4, 4)), rng.normal(size=(k, 3, 4, 4))])
+    up = F.interpolate(torch.from_numpy(coarse), size=(s, s), mode="bilinear", align_corners=False)
+    up = up.numpy() / up.numpy().std()  # unit variance
+    group_of = np.arange(k) // GROUP_SIZE
+    return GROUP_SIGNAL * up[:groups][group_of] + CLASS_SIGNAL * up[groups:]
+
+
 # --------------------------------------------------------------------------------------
 # files: presence, checksums, archives, optional download
 
@@ -477,6 +520,7 @@ def _synthetic_augment(size: int) -> AugmentSpec:
 DATASETS: dict[str, Source] = {
     "digits": Source(read_digits, 180, 360, _digits_augment),
     "synthetic": Source(read_synthetic, None, None, _synthetic_augment),
+    "synthetic_groups": Source(read_synthetic_groups, None, None, _synthetic_augment),
     "cifar10": Source(read_cifar, 5000, None, _cifar_augment),
     "cifar100": Source(read_cifar, 5000, None, _cifar_augment),
     "flowers102": Source(read_flowers, None, None, _flowers_augment),
