@@ -8,6 +8,7 @@ is this session's own process, stopped by its process id."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import secrets
@@ -44,9 +45,7 @@ def missing() -> str | None:
         except KeyError:
             return "running as root and there is no `postgres` user to run initdb as"
     for module in ("moto", "psycopg", "boto3"):
-        try:
-            __import__(module)
-        except ImportError:
+        if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install -e '.[dev]')"
     return None
 
@@ -80,8 +79,8 @@ class LabStores:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key in the bucket under `prefix`."""
-        pages = self.s3().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
+        pages = (
+            self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
@@ -110,7 +109,7 @@ def postgres() -> Iterator[str]:
         run(str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start",
             "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")  # fmt: skip
         env = {**os.environ, "PGPASSWORD": password}
-        for statement in (f"CREATE USER cct PASSWORD '{password}'",
+        for statement in (f"CREATE USER cct CREATEDB PASSWORD '{password}'",
                           "CREATE DATABASE mlflow OWNER cct"):  # fmt: skip
             subprocess.run(
                 _as_postgres([str(bin_ / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
@@ -168,9 +167,11 @@ def lab_stores(logs: Path) -> Iterator[LabStores]:
         moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)]
         with _server(moto, logs / "moto.log", f"{s3_endpoint}/moto-api/", env):
             stores.s3().create_bucket(Bucket=stores.bucket)
+            # the database's URL in the environment, as the clusters pass it: never in argv
+            env["MLFLOW_BACKEND_STORE_URI"] = pg_url
+            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as deploy/ starts it
             mlflow = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                       "--port", str(mlflow_port), "--workers", "1",
-                      "--backend-store-uri", pg_url,
                       "--artifacts-destination", f"s3://{stores.bucket}/mlflow"]  # fmt: skip
             started = time.monotonic()
             with _server(mlflow, logs / "mlflow.log", f"{stores.tracking_uri}/health", env):

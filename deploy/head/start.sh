@@ -79,7 +79,8 @@ ray start --head --node-ip-address="$ADDRESS" --port="${CCT_RAY_PORT:-6379}" \
 # file lose writes to "database is locked"); on PostgreSQL several. Artifacts proxied to the
 # shared storage, so the trials need no bucket credentials for MLflow. It listens on the
 # private address (the other nodes) and on loopback (`ray attach --port-forward`), never on a
-# public interface.
+# public interface. MLflow's job runner (GenAI scorers; this project runs no MLflow jobs)
+# stays off: on a database backend it starts about eight ~250 MB worker processes.
 [ -s "$STATE/mlflow_secret_key" ] ||
     python -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/mlflow_secret_key"
 chmod 600 "$STATE/mlflow_secret_key"
@@ -98,7 +99,7 @@ cd ~/mlflow
 MLFLOW_SERVER_ALLOWED_HOSTS=$HOSTS MLFLOW_AUTH_CONFIG_PATH=$STATE/basic_auth.ini \
     MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD \
     MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$STATE/mlflow_secret_key") \
-    MLFLOW_BACKEND_STORE_URI=$BACKEND \
+    MLFLOW_BACKEND_STORE_URI=$BACKEND MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     setsid nohup mlflow server --app-name basic-auth --workers "$WORKERS" \
     --host "$ADDRESS" --port "$MLFLOW_PORT" "${LOOPBACK[@]}" \
     --artifacts-destination "$ARTIFACTS" \
