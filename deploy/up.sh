@@ -6,6 +6,7 @@
 # get from your machine, each made once and kept 0600 (rsync keeps the mode on every node):
 #   ~/.ray/auth_token           Ray's token (ray get-auth-token --generate)
 #   ~/.cct/mlflow_credentials   the MLflow server's user and password (generated)
+#   ~/.cct/mlflow_db.env        the MLflow server's database (empty: sqlite on the head)
 # and deploy/provenance/provenance.json: the commit and whether the tree was dirty, since
 # rsync leaves .git behind (runs on the cluster read it). Then `ray up`, from the repository
 # root, so that the project syncs.
@@ -28,7 +29,10 @@ mkdir -p ~/.ray ~/.cct
 [ -s ~/.cct/mlflow_credentials ] || python3 -c 'import secrets
 print(f"MLFLOW_TRACKING_USERNAME=cct\nMLFLOW_TRACKING_PASSWORD={secrets.token_urlsafe(24)}")' \
     > ~/.cct/mlflow_credentials
-chmod 600 ~/.ray/auth_token ~/.cct/mlflow_credentials
+# The head's MLflow database: empty is sqlite on the head; a lab's PostgreSQL is one line,
+# CCT_MLFLOW_BACKEND_URI=postgresql+psycopg://<user>:<password>@<host>:5432/<database>
+[ -f ~/.cct/mlflow_db.env ] || : > ~/.cct/mlflow_db.env
+chmod 600 ~/.ray/auth_token ~/.cct/mlflow_credentials ~/.cct/mlflow_db.env
 umask 022
 python3 -m cct.provenance --write deploy/provenance/provenance.json
 exec ray up "$CONFIG" "$@"

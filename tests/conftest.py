@@ -267,3 +267,17 @@ def assert_study_agrees(parent, trial_runs, objective: str = "val_accuracy") -> 
         assert t.state == states.get(run.info.status, TrialState.PRUNED), run.info.status
         if t.state == TrialState.COMPLETE:
             assert t.value == pytest.approx(run.data.metrics[objective])
+
+
+@pytest.fixture(scope="session")
+def lab_stores(tmp_path_factory):
+    """PostgreSQL, moto's S3 server and an MLflow server on both, on loopback, for the whole
+    session (tests/servers.py); skips, saying what is missing, where they cannot start."""
+    # deferred: tests/servers.py imports this module's helpers
+    from tests import servers
+
+    why = servers.missing()
+    if why:
+        pytest.skip(f"lab stores unavailable: {why}")
+    with servers.lab_stores(tmp_path_factory.mktemp("lab-stores")) as stores:
+        yield stores

@@ -60,8 +60,14 @@ def test_nothing_listens_on_a_public_interface(config):
     assert "0.0.0.0" not in head
     assert '--host "$ADDRESS"' in head  # the private address (or CCT_HEAD_ADDRESS) ...
     assert "--bind 127.0.0.1:$MLFLOW_PORT" in head  # ... and loopback only
-    assert '--backend-store-uri "sqlite:///' in head  # a database backend
+    assert "BACKEND=${CCT_MLFLOW_BACKEND_URI:-sqlite:///" in head  # a database backend
     assert "--artifacts-destination" in head
+
+
+def test_the_region_is_set_where_the_cluster_runs(config):
+    # boto3 (MLflow's S3 artifacts on the head) signs for it; never left to a default
+    region = config["provider"]["region"]
+    assert f"export AWS_DEFAULT_REGION={region}" in _commands(config, "setup_commands")
 
 
 def test_the_project_runs_on_every_node_with_cuda_torch(config):
@@ -288,10 +294,11 @@ def test_both_files_share_the_head_start_and_keep_secrets_and_outputs_home(name)
     assert config["head_start_ray_commands"] == ["bash ~/cct/deploy/head/start.sh"]
     mounts = config["file_mounts"]
     assert mounts["~/.cct/mlflow_credentials"] == "~/.cct/mlflow_credentials"
+    assert mounts["~/.cct/mlflow_db.env"] == "~/.cct/mlflow_db.env"  # the database's URL
     assert mounts["~/cct/deploy/provenance"] == "deploy/provenance"
     # rsync keeps a file's mode: right after the copy the secrets become 0600
     assert (
-        "chmod 600 ~/.ray/auth_token ~/.cct/mlflow_credentials"
+        "chmod 600 ~/.ray/auth_token ~/.cct/mlflow_credentials ~/.cct/mlflow_db.env"
         in config["initialization_commands"][0]
     )
     excluded = set(config["rsync_exclude"])
@@ -304,9 +311,13 @@ def test_the_head_start_runs_mlflow_as_it_must_and_never_pkill():
     code = [line for line in head.splitlines() if not line.lstrip().startswith("#")]
     assert not [line for line in code if "pkill" in line]  # it would match its own shell
     assert 'kill -TERM -- "-$pid"' in head  # the earlier server, by its process group
-    for needed in ("--app-name basic-auth", "--workers 1", "MLFLOW_AUTH_ADMIN_PASSWORD=",
+    for needed in ("--app-name basic-auth", '--workers "$WORKERS"', "MLFLOW_AUTH_ADMIN_PASSWORD=",
                    "MLFLOW_FLASK_SERVER_SECRET_KEY=", "MLFLOW_SERVER_ALLOWED_HOSTS=", "/health"):  # fmt: skip
         assert needed in head, needed
+    # sqlite (the default): one server worker; the database's URL (its password) reaches the
+    # server through its environment, never its command line, which every user's ps shows
+    assert "sqlite:*) AUTH_DB=sqlite:///$HOME/mlflow/mlflow_auth.db WORKERS=1 ;;" in head
+    assert "MLFLOW_BACKEND_STORE_URI=$BACKEND" in head and "--backend-store-uri" not in head
 
 
 def _up(args: list[str], tmp_path: Path, ray_stub: bool = True):
@@ -346,8 +357,9 @@ def test_up_makes_the_secrets_0600_and_the_provenance_then_runs_ray_up(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     calls = (tmp_path / "ray-calls").read_text().splitlines()
     assert calls == ["ray get-auth-token --generate", f"ray up {tmp_path / 'lab.yaml'} -y"]
-    for secret in (".ray/auth_token", ".cct/mlflow_credentials"):
+    for secret in (".ray/auth_token", ".cct/mlflow_credentials", ".cct/mlflow_db.env"):
         assert (tmp_path / secret).stat().st_mode & 0o777 == 0o600, secret
+    assert (tmp_path / ".cct/mlflow_db.env").read_text() == ""  # sqlite unless the lab says
     creds = (tmp_path / ".cct/mlflow_credentials").read_text()
     assert re.fullmatch(r"MLFLOW_TRACKING_USERNAME=cct\nMLFLOW_TRACKING_PASSWORD=\S{20,}\n", creds)
     import json

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "deploy" / "kuberay"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 README = ROOT / "README.md"
+POSTGRES_IMAGE = "postgres:17"  # postgres.yaml's database: its image's own user, 999
 
 
 def _docs(path: Path) -> list[dict]:
@@ -68,9 +69,14 @@ def _all_pods(manifests) -> dict[str, dict]:
         for name, spec in generated_pods(doc).items():
             pods[f"{doc['kind']}/{doc['metadata']['name']}: {name}"] = spec
     for key, doc in manifests.items():
-        if key.startswith("Deployment/"):
+        if key.startswith(("Deployment/", "StatefulSet/")):
             pods[key] = doc["spec"]["template"]["spec"]
     return pods
+
+
+def _ours(container: dict) -> bool:
+    """A container of this project's image (not the database's)."""
+    return container["image"] != POSTGRES_IMAGE
 
 
 def _workdir() -> str:
@@ -109,10 +115,10 @@ def test_the_schema_check_rejects_what_kubectl_would(manifests):
 
 
 def test_plain_pod_templates_match_the_pod_schema_too(manifests):
-    # The MLflow Deployment's pod template, checked against the PodTemplateSpec schema the
-    # RayCluster CRD embeds (the same core/v1 schema).
+    # The MLflow Deployment's and the PostgreSQL StatefulSet's pod templates, checked against
+    # the PodTemplateSpec schema the RayCluster CRD embeds (the same core/v1 schema).
     for key, doc in manifests.items():
-        if key.startswith("Deployment/"):
+        if key.startswith(("Deployment/", "StatefulSet/")):
             cluster = {
                 "apiVersion": "ray.io/v1",
                 "kind": "RayCluster",
@@ -152,6 +158,8 @@ def test_pods_run_as_the_image_user_and_own_their_volumes(manifests):
     uid = int(_image_uid())  # numeric: the kubelet can verify runAsNonRoot against it
     for name, spec in _all_pods(manifests).items():
         sc = spec["securityContext"]
+        if not _ours(spec["containers"][0]):
+            uid = 999  # the postgres image's own user: its entrypoint then runs initdb itself
         assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, uid), name
         if any("persistentVolumeClaim" in v for v in spec.get("volumes", [])):
             assert sc["fsGroup"] == uid, name  # a fresh volume is root's
@@ -162,7 +170,7 @@ def test_no_gpu_is_visible_to_pods_without_one(manifests):
     # holds no GPU says "void" (the head, the autoscaler, the submitter, MLflow).
     assert re.search(r"^FROM nvidia/cuda:", DOCKERFILE.read_text(), flags=re.M)
     for name, spec in _all_pods(manifests).items():
-        for c in spec["containers"]:
+        for c in filter(_ours, spec["containers"]):
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             if "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}):
                 assert "NVIDIA_VISIBLE_DEVICES" not in env, (name, c["name"])  # device plugin's
@@ -177,7 +185,7 @@ def test_ray_pods_are_probed_over_http_by_the_pinned_kuberay(manifests):
     assert "v1.6.2" in (ROOT / "tests" / "kuberay_crds" / "SOURCE.md").read_text()
     assert "wget" not in DOCKERFILE.read_text()
     for name, spec in _all_pods(manifests).items():
-        if "submitter" not in name and not name.startswith("Deployment/"):
+        if "submitter" not in name and not name.startswith(("Deployment/", "StatefulSet/")):
             assert "httpGet" in spec["containers"][0]["readinessProbe"], name
 
 
@@ -191,7 +199,7 @@ def test_deleting_the_manifests_keeps_the_data(manifests):
     claims = {v["persistentVolumeClaim"]["claimName"]
               for spec in _all_pods(manifests).values() for v in spec.get("volumes", [])
               if "persistentVolumeClaim" in v}  # fmt: skip
-    assert claims == kept == {"cct-mlflow", "cct-shared"}
+    assert claims == kept == {"cct-mlflow", "cct-shared", "cct-postgres"}
 
 
 # --- the RayJob's entrypoint ----------------------------------------------------------
@@ -240,7 +248,7 @@ def test_gpu_limits_match_the_ray_resources_and_the_sweep_file(manifests):
 
 
 def test_one_image_everywhere_and_the_dockerfile_names_it(manifests):
-    images = {c["image"] for d in manifests.values() for c in _containers(d)}
+    images = {c["image"] for d in manifests.values() for c in _containers(d) if _ours(c)}
     assert len(images) == 1, images
     assert f"-t {images.pop()} ." in DOCKERFILE.read_text()
 
@@ -289,3 +297,26 @@ def test_no_secrets_in_deploy():
                 r"password:\s*\S",
             ):
                 assert not re.search(pattern, text), (path, pattern)
+
+
+def test_mlflow_keeps_its_runs_in_the_postgres_statefulset_with_the_secrets_password(manifests):
+    (db,) = manifests["StatefulSet/cct-postgres"]["spec"]["template"]["spec"]["containers"]
+    assert db["image"] == POSTGRES_IMAGE
+    db_env = {e["name"]: e for e in db["env"]}
+    secret = {"secretKeyRef": {"name": "cct-postgres", "key": "password"}}
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"] == secret
+    service = manifests["Service/cct-postgres"]["spec"]
+    assert service["type"] == "ClusterIP" and service["selector"] == {"app": "cct-postgres"}
+    (mlflow,) = manifests["Deployment/cct-mlflow"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in mlflow["env"]}
+    assert env["CCT_DB_PASSWORD"]["valueFrom"] == secret
+    names = [e["name"] for e in mlflow["env"]]  # $(VAR) expands only from variables above it
+    assert names.index("CCT_DB_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
+    url = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    user, database = db_env["POSTGRES_USER"]["value"], db_env["POSTGRES_DB"]["value"]
+    assert url == f"postgresql+psycopg://{user}:$(CCT_DB_PASSWORD)@$(CCT_DB_HOST)/{database}"
+    assert env["CCT_DB_HOST"]["value"] == f"cct-postgres:{service['ports'][0]['port']}"
+    assert not [a for a in mlflow["command"] if "backend-store-uri" in a]  # env, not argv
+    # the image has the driver: the Dockerfile installs the postgres extra
+    assert re.search(r'pip install -e "\.\[[^]]*postgres', DOCKERFILE.read_text())
+    assert "kubectl create secret generic cct-postgres" in README.read_text()

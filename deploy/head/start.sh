@@ -11,8 +11,17 @@
 #                        `hostname -I`, the private address on a cloud instance)
 #   CCT_RAY_PORT, CCT_DASHBOARD_PORT, CCT_MLFLOW_PORT   (default 6379, 8265, 5000)
 #   CCT_RAY_START_ARGS   more `ray start` options (e.g. --num-gpus, or other ports)
-# and ~/.cct/mlflow_credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD, copied from your machine
-# by file_mounts: deploy/up.sh makes it): that user is made MLflow's admin on the first start.
+#   CCT_MLFLOW_ARTIFACTS where MLflow's artifacts go instead (a path or s3://...; for an
+#                        S3-compatible store also MLFLOW_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)
+# ~/.cct/mlflow_credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD, copied from your machine
+# by file_mounts: deploy/up.sh makes it): that user is made MLflow's admin on the first start;
+# and ~/.cct/mlflow_db.env (copied likewise; deploy/up.sh makes it empty, 0600): empty, MLflow
+# keeps its runs in sqlite on this disk (~/mlflow/mlflow.db); with the line
+#   CCT_MLFLOW_BACKEND_URI=postgresql+psycopg://<user>:<password>@<host>:5432/<database>
+# in a lab's PostgreSQL (the database outlives the head; `pip install -e '.[postgres]'`), its
+# users too (MLflow's auth tables sit beside the runs under their own alembic table). The URL
+# reaches the server through its environment only: other users of the machine see command
+# lines (ps), not environments.
 set -euo pipefail
 
 # shellcheck disable=SC1090
@@ -20,13 +29,25 @@ source ~/.cct_env
 STATE=~/.cct
 mkdir -p "$STATE" ~/mlflow
 chmod 700 "$STATE" ~/.ray
-# rsync keeps the modes of your machine's copies: neither secret is readable by other users.
+# rsync keeps the modes of your machine's copies: no secret is readable by other users.
 chmod 600 ~/.ray/auth_token "$STATE/mlflow_credentials"
 : "${MLFLOW_TRACKING_USERNAME:?not set: ~/.cct/mlflow_credentials is missing (deploy/up.sh makes it)}"
 : "${MLFLOW_TRACKING_PASSWORD:?not set: ~/.cct/mlflow_credentials is missing (deploy/up.sh makes it)}"
+CCT_MLFLOW_BACKEND_URI=
+if [ -f "$STATE/mlflow_db.env" ]; then
+    chmod 600 "$STATE/mlflow_db.env"
+    # shellcheck disable=SC1091
+    source "$STATE/mlflow_db.env"
+fi
 ADDRESS=${CCT_HEAD_ADDRESS:-$(hostname -I | awk '{print $1}')}
 MLFLOW_PORT=${CCT_MLFLOW_PORT:-5000}
 ARTIFACTS=${CCT_MLFLOW_ARTIFACTS:-${CCT_STORAGE_PATH%/ray_results}/mlflow}
+BACKEND=${CCT_MLFLOW_BACKEND_URI:-sqlite:///$HOME/mlflow/mlflow.db}
+case $BACKEND in
+    sqlite:*) AUTH_DB=sqlite:///$HOME/mlflow/mlflow_auth.db WORKERS=1 ;;
+    # A database server takes several writers: more server workers, the users beside the runs.
+    *) AUTH_DB=$BACKEND WORKERS=${CCT_MLFLOW_WORKERS:-4} ;;
+esac
 
 # -- the earlier start's MLflow server: by the process group recorded in its pid file. Never
 # `pkill -f "mlflow server"`: Ray runs this script inside `bash -c '... mlflow server ...'`,
@@ -54,15 +75,18 @@ ray start --head --node-ip-address="$ADDRESS" --port="${CCT_RAY_PORT:-6379}" \
     --autoscaling-config="$HOME/ray_bootstrap_config.yaml" --disable-usage-stats \
     ${CCT_RAY_START_ARGS:-}
 
-# -- MLflow: sqlite on this disk, so one server worker (several gunicorn workers on one sqlite
-# file lose writes to "database is locked"); artifacts proxied to the shared storage, so the
-# trials need no bucket credentials for MLflow. It listens on the private address (the other
-# nodes) and on loopback (`ray attach --port-forward`), never on a public interface.
+# -- MLflow: on sqlite (this disk) one server worker (several gunicorn workers on one sqlite
+# file lose writes to "database is locked"); on PostgreSQL several. Artifacts proxied to the
+# shared storage, so the trials need no bucket credentials for MLflow. It listens on the
+# private address (the other nodes) and on loopback (`ray attach --port-forward`), never on a
+# public interface. MLflow's job runner (GenAI scorers; this project runs no MLflow jobs)
+# stays off: on a database backend it starts about eight ~250 MB worker processes.
 [ -s "$STATE/mlflow_secret_key" ] ||
     python -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/mlflow_secret_key"
 chmod 600 "$STATE/mlflow_secret_key"
+install -m 600 /dev/null "$STATE/basic_auth.ini"  # before it holds the database's password
 printf '%s\n' '[mlflow]' 'default_permission = NO_PERMISSIONS' \
-    "database_uri = sqlite:///$HOME/mlflow/mlflow_auth.db" \
+    "database_uri = $AUTH_DB" \
     "admin_username = $MLFLOW_TRACKING_USERNAME" \
     'authorization_function = mlflow.server.auth:authenticate_request_basic_auth' \
     > "$STATE/basic_auth.ini"
@@ -75,9 +99,9 @@ cd ~/mlflow
 MLFLOW_SERVER_ALLOWED_HOSTS=$HOSTS MLFLOW_AUTH_CONFIG_PATH=$STATE/basic_auth.ini \
     MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD \
     MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$STATE/mlflow_secret_key") \
-    setsid nohup mlflow server --app-name basic-auth --workers 1 \
+    MLFLOW_BACKEND_STORE_URI=$BACKEND MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    setsid nohup mlflow server --app-name basic-auth --workers "$WORKERS" \
     --host "$ADDRESS" --port "$MLFLOW_PORT" "${LOOPBACK[@]}" \
-    --backend-store-uri "sqlite:///$HOME/mlflow/mlflow.db" \
     --artifacts-destination "$ARTIFACTS" \
     > ~/mlflow/server.log 2>&1 < /dev/null &
 echo $! > "$PIDFILE"
