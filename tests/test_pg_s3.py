@@ -31,7 +31,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-EPOCHS = 5
+EPOCHS = 9  # the kill comes at a trial's 2nd checkpoint: 7 more epochs keep it mid-trial
 NAME = "lab"
 
 
