@@ -223,10 +223,10 @@ def find_sweep(
     return exp.experiment_id, run
 
 
-# Runs per search_runs page. One query for every run of a large sweep loads all their
-# params, metrics and tags in one session (and stopped at 10,000 runs); pages keep each
-# query's size fixed, so reading a sweep grows linearly with its trials.
-PAGE_SIZE = 200
+# Runs per search_runs page (MLflow's default). One query with max_results=10_000 silently
+# cut a larger sweep's runs; pages read them all, each query of a bounded size (1,000
+# trial runs on sqlite: 2.6 s CPU in one query or in pages of 1,000, 3.4 s in pages of 200).
+PAGE_SIZE = 1000
 
 
 def search_all(

@@ -43,6 +43,18 @@ def test_the_summary_and_the_searcher_are_timed_on_it(small_scale_store, tmp_pat
     assert set(per_trial) == {5, 12} and all(v > 0 for v in per_trial.values())
 
 
+def test_a_sweeps_runs_are_read_page_by_page(small_scale_store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from analysis import runs
+
+    client = MlflowClient(small_scale_store["uri"])
+    exp_id, sweep = runs.find_sweep(client, experiment=EXPERIMENT, sweep_run_id=None)
+    monkeypatch.setattr(runs, "PAGE_SIZE", 3)  # 4 trials: two pages
+    found = runs.trial_runs(client, exp_id, sweep.info.run_id)
+    assert len({r.info.run_id for r in found}) == 4
+
+
 def test_the_logits_have_the_digits_shapes(small_scale_store):
     import numpy as np
 
