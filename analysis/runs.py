@@ -22,6 +22,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
 # tags
@@ -341,6 +342,13 @@ def download(client: MlflowClient, run: Any, artifact: str, workdir: Path) -> Pa
     if isinstance(run, str):
         return Path(client.download_artifacts(run_id, artifact, str(dst)))
     repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
+    if isinstance(repo, LocalArtifactRepository):
+        # a local artifact root: read the file where it is (MLflow's copy starts a thread
+        # pool per file); the callers only read it
+        local = Path(repo.artifact_dir) / artifact
+        if not local.exists():
+            raise FileNotFoundError(f"run {run_id} has no artifact {artifact!r}")
+        return local
     return Path(repo.download_artifacts(artifact, str(dst)))
 
 
