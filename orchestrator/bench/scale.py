@@ -128,12 +128,12 @@ def scratch_copy(kind: str, n: int, folder: Path, postgres: str | None, tmp: Pat
         yield f"sqlite:///{tmp / 'mlflow.db'}"
         return
     name = f"scale_{n}_scratch"
-    _pg_admin(postgres or "", f"DROP DATABASE IF EXISTS {name}",
+    _pg_admin(postgres or "", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
               f"CREATE DATABASE {name} TEMPLATE scale_{n}")  # fmt: skip
     try:
         yield _with_db(postgres or "", name)
-    finally:
-        _pg_admin(postgres or "", f"DROP DATABASE IF EXISTS {name}")
+    finally:  # FORCE: the summary's client in this process still holds a connection
+        _pg_admin(postgres or "", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # --------------------------------------------------------------------------------------
