@@ -244,9 +244,13 @@ class StudyRecorder(Callback):
         self.distributions = distributions(spec)
         self.metrics = [name for name, _ in spec.objectives]
         self._study: optuna.Study | None = None
+        # the Tune trial ids the study holds: read from it once, then kept here (reading
+        # every trial of the study at each end cost 5 ms at trial 100 and 52 at 1,000)
+        self._recorded: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_study": None}  # the storage is reopened from the path
+        # the storage is reopened from the path, and what it holds read again from it
+        return {**self.__dict__, "_study": None, "_recorded": set()}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if Interruption.signum() is not None:  # stopped by the interruption: it resumes
@@ -265,7 +269,9 @@ class StudyRecorder(Callback):
     def record(self, trial: Any, state: TrialState) -> None:
         if self._study is None:
             self._study = self.place.load()
-        if any(t.user_attrs.get(TRIAL_ATTR) == trial.trial_id for t in self._study.trials):
+            held = self._study.get_trials(deepcopy=False)
+            self._recorded = {t.user_attrs.get(TRIAL_ATTR) for t in held}
+        if trial.trial_id in self._recorded:
             return
         last = trial.last_result or {}
         values = [_number(last.get(m)) for m in self.metrics]
@@ -285,6 +291,7 @@ class StudyRecorder(Callback):
                 user_attrs={TRIAL_ATTR: trial.trial_id},
             )
         )
+        self._recorded.add(trial.trial_id)
 
 
 def _number(v: Any) -> float | None:

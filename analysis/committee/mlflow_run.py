@@ -65,7 +65,7 @@ def load_candidate(client: MlflowClient, run: Any, workdir: Path) -> Candidate:
     """A trial run as a Candidate: its logits (required) and SHP label sets (optional)."""
     run_id = run.info.run_id
     try:
-        path = runs.download(client, run_id, runs.LOGITS_ARTIFACT, workdir)
+        path = runs.download(client, run, runs.LOGITS_ARTIFACT, workdir)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in runs.LOGITS_KEYS}
     except (MlflowException, OSError, KeyError, ValueError) as e:
@@ -82,7 +82,7 @@ def load_candidate(client: MlflowClient, run: Any, workdir: Path) -> Candidate:
         test_labels=arrays["test_labels"],
         test_ids=arrays["test_ids"],
         split_hash=str(arrays["split_hash"]),
-        label_sets=_label_sets(client, run_id, workdir),
+        label_sets=_label_sets(client, run, workdir),
         info={
             "trial_id": run.data.tags.get(runs.TRIAL_ID_TAG),
             "status": run.info.status,
@@ -92,14 +92,13 @@ def load_candidate(client: MlflowClient, run: Any, workdir: Path) -> Candidate:
     )
 
 
-def _label_sets(
-    client: MlflowClient, run_id: str, workdir: Path
-) -> tuple[frozenset[int], ...] | None:
+def _label_sets(client: MlflowClient, run: Any, workdir: Path) -> tuple[frozenset[int], ...] | None:
     """Every analysed head's label set (all head blocks), or None without SHP output. A
     summary whose matrices did not come from the validation split is refused: its label
     sets would carry test data into selection."""
+    run_id = run.info.run_id
     try:
-        summary = read_summary(runs.download(client, run_id, runs.SHP_SUMMARY_ARTIFACT, workdir))
+        summary = read_summary(runs.download(client, run, runs.SHP_SUMMARY_ARTIFACT, workdir))
     except (MlflowException, OSError, ValueError):
         return None
     if not summary.on_validation:

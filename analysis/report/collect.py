@@ -178,17 +178,15 @@ def collect(
         n_test=n_test,
         committee=next((c for c in committees if c.judged), None),
         committee_runs=committees,
-        sweep_summary=_json_artifact(
-            client, sweep.info.run_id, runs.SWEEP_SUMMARY_ARTIFACT, workdir
-        ),
+        sweep_summary=_json_artifact(client, sweep, runs.SWEEP_SUMMARY_ARTIFACT, workdir),
         sweep_metrics=dict(sweep.data.metrics),
     )
 
 
 def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
     seed = run.data.params.get("seed")
-    shp, refused = _shp_summary(client, run.info.run_id, workdir)
-    val_correct, test_correct = _correctness(client, run.info.run_id, workdir)
+    shp, refused = _shp_summary(client, run, workdir)
+    val_correct, test_correct = _correctness(client, run, workdir)
     return Trial(
         run_id=run.info.run_id,
         trial_id=run.data.tags.get(runs.TRIAL_ID_TAG, run.info.run_id[:8]),
@@ -200,22 +198,23 @@ def _trial(client: MlflowClient, run: Any, workdir: Path) -> Trial:
         val_correct=val_correct,
         test_correct=test_correct,
         shp_refused=refused,
-        shp_reference=_reference_summary(client, run.info.run_id, workdir),
+        shp_reference=_reference_summary(client, run, workdir),
     )
 
 
-def _json_artifact(client: MlflowClient, run_id: str, path: str, workdir: Path) -> Any:
+def _json_artifact(client: MlflowClient, run: Any, path: str, workdir: Path) -> Any:
+    """The JSON file at `path` of the run (a Run, or a run id: see runs.download), or None."""
     try:
-        return json.loads(runs.download(client, run_id, path, workdir).read_text())
+        return json.loads(runs.download(client, run, path, workdir).read_text())
     except (MlflowException, OSError, ValueError):
         return None
 
 
 def _shp_summary(
-    client: MlflowClient, run_id: str, workdir: Path
+    client: MlflowClient, run: Any, workdir: Path
 ) -> tuple[ShpSummary | None, str | None]:
     """(summary, None), or (None, why it was refused); (None, None) without one."""
-    doc = _json_artifact(client, run_id, runs.SHP_SUMMARY_ARTIFACT, workdir)
+    doc = _json_artifact(client, run, runs.SHP_SUMMARY_ARTIFACT, workdir)
     if doc is None:
         return None, None
     try:
@@ -230,18 +229,18 @@ def _shp_summary(
     return summary, None
 
 
-def _reference_summary(client: MlflowClient, run_id: str, workdir: Path) -> ShpSummary | None:
+def _reference_summary(client: MlflowClient, run: Any, workdir: Path) -> ShpSummary | None:
     """The untrained reference's summary (analysis/shp/reference.py), None without one."""
-    doc = _json_artifact(client, run_id, runs.SHP_REFERENCE_ARTIFACT, workdir)
+    doc = _json_artifact(client, run, runs.SHP_REFERENCE_ARTIFACT, workdir)
     try:
         return None if doc is None else read_summary(doc)
     except ValueError:
         return None
 
 
-def _logits(client: MlflowClient, run_id: str, workdir: Path) -> dict[str, np.ndarray] | None:
+def _logits(client: MlflowClient, run: Any, workdir: Path) -> dict[str, np.ndarray] | None:
     try:
-        local = runs.download(client, run_id, runs.LOGITS_ARTIFACT, workdir)
+        local = runs.download(client, run, runs.LOGITS_ARTIFACT, workdir)
         with np.load(local, allow_pickle=False) as z:
             return {k: z[k] for k in runs.LOGITS_KEYS}
     except (MlflowException, OSError, KeyError, ValueError):
@@ -249,10 +248,10 @@ def _logits(client: MlflowClient, run_id: str, workdir: Path) -> dict[str, np.nd
 
 
 def _correctness(
-    client: MlflowClient, run_id: str, workdir: Path
+    client: MlflowClient, run: Any, workdir: Path
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Per-image correctness on validation and test (samples in the logged fixed order)."""
-    z = _logits(client, run_id, workdir)
+    z = _logits(client, run, workdir)
     if z is None:
         return None, None
     return (
@@ -281,7 +280,7 @@ def _committees(
 
 def _committee(client: MlflowClient, run: Any, workdir: Path) -> Committee | None:
     run_id = run.info.run_id
-    doc = _json_artifact(client, run_id, runs.COMMITTEE_JSON, workdir)
+    doc = _json_artifact(client, run, runs.COMMITTEE_JSON, workdir)
     if not doc or not doc.get("members"):
         return None
     params = run.data.params

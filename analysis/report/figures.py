@@ -242,8 +242,12 @@ def cost_figure(points: Sequence[CostPoint]) -> bytes:
     latency (re-measured filled, logged in-sweep hollow); numbers tag the table's rows."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     pts = [p for p in points if p.macs is not None]
-    for p in pts:
-        a1.plot(p.macs, 100 * p.val_accuracy, "o", color=VAL if p.on_front else "#999", ms=7)
+    # one plot call per colour, not per trial: a Line2D per point took ~20 s at 1,000 trials
+    for on_front in (False, True):
+        group = [p for p in pts if p.on_front == on_front]
+        if group:
+            xs, ys = [p.macs for p in group], [100 * p.val_accuracy for p in group]
+            a1.plot(xs, ys, "o", color=VAL if on_front else "#999", ms=7)
     front = sorted((p for p in pts if p.on_front), key=lambda p: p.macs)
     if front:
         a1.step(
@@ -259,18 +263,12 @@ def cost_figure(points: Sequence[CostPoint]) -> bytes:
     _style(a1, "MACs per image (no attention matmuls)", "validation accuracy (%)")
     a1.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     timed = [p for p in points if p.latency_ms is not None]
-    for p in timed:
-        fresh = p.latency_source == "re-measured"
-        a2.plot(
-            p.latency_ms,
-            100 * p.val_accuracy,
-            "o",
-            ms=7,
-            color=TEST,
-            mfc=TEST if fresh else "white",
-            alpha=1 if fresh else 0.6,
-        )
     fresh = [p for p in timed if p.latency_source == "re-measured"]
+    logged = [p for p in timed if p.latency_source != "re-measured"]
+    for group, face, alpha in ((logged, "white", 0.6), (fresh, TEST, 1)):
+        if group:
+            xs, ys = [p.latency_ms for p in group], [100 * p.val_accuracy for p in group]
+            a2.plot(xs, ys, "o", ms=7, color=TEST, mfc=face, alpha=alpha)
     _tag_points(a2, [(p.latency_ms, 100 * p.val_accuracy, p.tag) for p in fresh])
     a2.plot([], [], "o", color=TEST, label="re-measured alone")
     a2.plot([], [], "o", color=TEST, mfc="white", label="logged in-sweep")
