@@ -95,8 +95,8 @@ def load_candidate(client: MlflowClient, run: Any, workdir: Path) -> Candidate:
 def _label_sets(client: MlflowClient, run: Any, workdir: Path) -> tuple[frozenset[int], ...] | None:
     """Every analysed head's label set (all head blocks), or None without SHP output. A
     summary whose matrices did not come from the validation split is refused: its label
-    sets would carry test data into selection."""
-    run_id = run.info.run_id
+    sets would carry test data into selection. `run`: a Run, or a run id (runs.download)."""
+    run_id = run if isinstance(run, str) else run.info.run_id
     try:
         summary = read_summary(runs.download(client, run, runs.SHP_SUMMARY_ARTIFACT, workdir))
     except (MlflowException, OSError, ValueError):
