@@ -192,6 +192,8 @@ def server(registered, tmp_path_factory):
     waiting (it boots while other tests run) and stopped with its workers at the end."""
     port = free_port()
     env = {**local_env(), "MLFLOW_TRACKING_URI": registered["uri"]}
+    # mlflow execs `uvicorn` by name: this interpreter's scripts first, venv activated or not
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/1",
