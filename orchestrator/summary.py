@@ -11,7 +11,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from analysis.committee.select import EPS, default_tolerance
+from analysis.committee.select import candidate_pool
 from analysis.importance import format_importances, importances
 from analysis.pareto import pareto_front
 from analysis.runs import (
@@ -190,8 +190,8 @@ def committee_hint(spec: SweepSpec, summary: dict[str, Any]) -> list[str]:
     n_val = summary.get("n_val")
     if len(accs) < 2 or not n_val:
         return [cmd]
-    tol = default_tolerance(accs[0], n_val)
-    if accs[1] >= accs[0] - tol - EPS:
+    pool, tol = candidate_pool(accs, n_val)  # the committee's own default rule
+    if len(pool) >= 2:
         return [cmd]
     gap = math.ceil(round(100 * (accs[0] - accs[1]), 6) * 100) / 100  # points, rounded up
     return [

@@ -150,6 +150,16 @@ def default_tolerance(best_val: float, n_val: int) -> float:
 # checks
 
 
+def candidate_pool(
+    accs: Sequence[float], n_val: int, tolerance: float | None = None
+) -> tuple[list[int], float]:
+    """The indices of the validation accuracies within `tolerance` (a fraction; None: one
+    binomial SE) of the best, and that tolerance: the committee's candidates."""
+    best = max(accs)
+    tol = default_tolerance(best, n_val) if tolerance is None else tolerance
+    return [i for i, a in enumerate(accs) if a >= best - tol - EPS], tol
+
+
 def check_same_split(candidates: Sequence[Candidate], reference: int = 0) -> None:
     """Refuse, naming them, candidates whose split hash or sample ids differ from the
     reference's: their logits would not describe the same images in the same order."""
@@ -290,9 +300,7 @@ def select(
         raise CommitteeError(f"max_size {max_size}: must be >= 2")
     accs = [accuracy(v.val_logits, v.val_labels) for v in views]
     best = int(np.argmax(accs))  # first maximum: ties go to the earlier candidate
-    n_val = len(views[best].val_labels)
-    tol = default_tolerance(accs[best], n_val) if tolerance is None else tolerance
-    pool = [i for i, a in enumerate(accs) if a >= accs[best] - tol - EPS]
+    pool, tol = candidate_pool(accs, len(views[best].val_labels), tolerance)
     need = size if size is not None else 2
     if len(pool) < need:
         raise TooFewCandidates(len(pool), need, tol, accs[best], views[best].run_id)
